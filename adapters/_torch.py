@@ -1,0 +1,214 @@
+"""Adapter for torch MLPs: an ``nn.Sequential`` of ``Linear`` layers and elementwise activations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MLPAdapter"]
+
+# Elementwise activations with act(0) == 0, so that folding biases keeps F(0) == 0.
+_ELEMENTWISE: dict[type, Callable[[nn.Module], Callable[[Tensor], Tensor]]] = {
+    nn.ReLU: lambda m: torch.relu,
+    nn.GELU: lambda m: (lambda x: nn.functional.gelu(x, approximate=m.approximate)),
+    nn.Tanh: lambda m: torch.tanh,
+    nn.SiLU: lambda m: nn.functional.silu,
+    nn.ELU: lambda m: (lambda x: nn.functional.elu(x, alpha=m.alpha)),
+    nn.LeakyReLU: lambda m: (lambda x: nn.functional.leaky_relu(x, m.negative_slope)),
+    nn.Identity: lambda m: (lambda x: x),
+    nn.Dropout: lambda m: (lambda x: x),  # evaluation mode: the identity
+}
+
+
+def _folded_step(module: nn.Module, dtype: torch.dtype, device: torch.device):
+    """One module acting on ``f = [f_0, x]`` with its bias multiplied by ``f_0``."""
+    if isinstance(module, nn.Linear):
+        weight = module.weight.detach().to(device=device, dtype=dtype)
+        bias = None if module.bias is None else module.bias.detach().to(device=device, dtype=dtype)
+
+        def linear(f: Tensor) -> Tensor:
+            const = f[..., :1]
+            out = f[..., 1:] @ weight.T
+            if bias is not None:
+                out = out + const * bias
+            return torch.cat([const, out], dim=-1)
+
+        return linear
+    act = _ELEMENTWISE[type(module)](module)
+
+    def elementwise(f: Tensor) -> Tensor:
+        return torch.cat([f[..., :1], act(f[..., 1:])], dim=-1)
+
+    return elementwise
+
+
+def _compose(steps: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
+    def run(f: Tensor) -> Tensor:
+        for step in steps:
+            f = step(f)
+        return f
+
+    return run
+
+
+class MLPAdapter:
+    """Present an ``nn.Sequential`` MLP to the LIB estimators.
+
+    Node layers are named ``"input"`` (the model input) and by the names of the sequential's
+    children whose *output* is a node layer (``"1"``, ``"3"``, ... for an unnamed sequential).
+    Biases are folded through a leading constant coordinate, so every segment satisfies
+    ``F(0) = 0``.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        ``Linear`` layers and elementwise activations with ``act(0) = 0`` (ReLU, GELU, Tanh,
+        SiLU, ELU, LeakyReLU, Identity, Dropout in evaluation).
+    node_layers : sequence of str, default=None
+        Names of the node layers, input side first. Default: ``"input"``, the output of every
+        activation and the output of the last module.
+    metric : {"accuracy", "loss"}, default="accuracy"
+        The score the edge-ablation search uses unless told otherwise.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_lib.adapters import MLPAdapter
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> MLPAdapter(model).node_layers
+    ('input', '1', '2')
+    """
+
+    def __init__(
+        self,
+        model: nn.Sequential,
+        node_layers: Sequence[str] | None = None,
+        metric: str = "accuracy",
+    ) -> None:
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(
+                f"MLPAdapter needs a torch.nn.Sequential; got {type(model).__name__}. Wrap the "
+                "layers in nn.Sequential, or write an adapter (docs/adapters.md)."
+            )
+        children = list(model.named_children())
+        if not children:
+            raise ValueError("MLPAdapter got an empty nn.Sequential.")
+        for name, module in children:
+            if isinstance(module, nn.Linear) or type(module) in _ELEMENTWISE:
+                continue
+            supported = ", ".join(sorted(t.__name__ for t in _ELEMENTWISE))
+            raise TypeError(
+                f"MLPAdapter does not support module {name!r} of type {type(module).__name__}. "
+                f"Supported: Linear and the elementwise activations {supported} (all with "
+                "act(0) = 0, which bias folding needs). Write an adapter for other models."
+            )
+        if not any(isinstance(m, nn.Linear) for _, m in children):
+            raise ValueError("MLPAdapter needs at least one nn.Linear in the sequential.")
+        if metric not in ("accuracy", "loss"):
+            raise ValueError(f"metric must be 'accuracy' or 'loss'. Got {metric!r} instead.")
+        self.model = model
+        self.default_metric = metric
+        self._names = [name for name, _ in children]
+        self._modules = [module for _, module in children]
+        # Position of each node layer: the number of modules applied to reach it.
+        available = {"input": 0, **{name: i + 1 for i, name in enumerate(self._names)}}
+        if node_layers is None:
+            node_layers = ["input"] + [
+                name
+                for i, (name, m) in enumerate(children)
+                if not isinstance(m, nn.Linear) and i + 1 < len(children)
+            ] + [self._names[-1]]
+        node_layers = [str(n) for n in node_layers]
+        for name in node_layers:
+            if name not in available:
+                raise ValueError(
+                    f"Unknown node layer {name!r}. Available: {sorted(available, key=available.get)}."
+                )
+        positions = [available[n] for n in node_layers]
+        if len(node_layers) < 2 or any(b <= a for a, b in zip(positions, positions[1:])):
+            raise ValueError(
+                "node_layers must name at least two distinct layers in forward order; got "
+                f"{node_layers}."
+            )
+        self.node_layers = tuple(node_layers)
+        self._positions = dict(zip(node_layers, positions))
+        first_linear = next(m for m in self._modules if isinstance(m, nn.Linear))
+        self.n_features_in_ = first_linear.in_features
+
+    def __sklearn_clone__(self) -> "MLPAdapter":
+        return self
+
+    def __repr__(self) -> str:
+        return f"MLPAdapter(node_layers={list(self.node_layers)})"
+
+    # -- the protocol ------------------------------------------------------------------------
+    def check_input(self, X: Any) -> np.ndarray | Tensor:
+        if isinstance(X, Tensor):
+            X_arr = X.detach()
+            finite = bool(torch.isfinite(X_arr).all()) if X_arr.is_floating_point() else True
+        else:
+            X_arr = np.asarray(X)
+            if X_arr.dtype == object or not np.issubdtype(X_arr.dtype, np.number):
+                raise ValueError(f"Model inputs must be numeric; got dtype {X_arr.dtype}.")
+            finite = bool(np.isfinite(X_arr).all())
+        if X_arr.ndim != 2 or X_arr.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"Model inputs must have shape (n_samples, {self.n_features_in_}); got "
+                f"{tuple(X_arr.shape)}."
+            )
+        if X_arr.shape[0] == 0:
+            raise ValueError("Found 0 samples in the model inputs; at least 1 is required.")
+        if not finite:
+            raise ValueError("Model inputs contain NaN or inf; remove or impute them first.")
+        return X_arr
+
+    def _steps(self, start: int, stop: int, dtype: torch.dtype, device: torch.device):
+        return [_folded_step(m, dtype, device) for m in self._modules[start:stop]]
+
+    def _index(self, layer: str) -> int:
+        try:
+            return self.node_layers.index(layer)
+        except ValueError:
+            raise ValueError(
+                f"Unknown node layer {layer!r}. This adapter's node layers: {list(self.node_layers)}."
+            ) from None
+
+    def activations(
+        self, X: Any, layers: Sequence[str], *, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, Tensor]:
+        wanted = {self._positions[self.node_layers[self._index(n)]]: n for n in layers}
+        x = torch.as_tensor(X).to(device=device, dtype=dtype)
+        f = torch.cat([torch.ones_like(x[:, :1]), x], dim=1)[:, None, :]
+        out = {}
+        if 0 in wanted:
+            out[wanted[0]] = f
+        last = max(wanted)
+        for i, step in enumerate(self._steps(0, last, dtype, device), start=1):
+            f = step(f)
+            if i in wanted:
+                out[wanted[i]] = f
+        return out
+
+    def segment(self, layer: str, *, dtype: torch.dtype, device: torch.device):
+        i = self._index(layer)
+        if i == len(self.node_layers) - 1:
+            raise ValueError(f"{layer!r} is the last node layer; it has no segment after it.")
+        start, stop = self._positions[layer], self._positions[self.node_layers[i + 1]]
+        return _compose(self._steps(start, stop, dtype, device))
+
+    def forward_from(self, layer: str, *, dtype: torch.dtype, device: torch.device):
+        self._index(layer)
+        run = _compose(self._steps(self._positions[layer], len(self._modules), dtype, device))
+
+        def output(f: Tensor) -> Tensor:
+            return run(f)[:, 0, 1:]  # MLP node layers have one position
+
+        return output
+
+    def fixed_features(self, layer: str) -> tuple[int, ...]:
+        self._index(layer)
+        return (0,)
