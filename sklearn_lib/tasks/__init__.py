@@ -1,5 +1,11 @@
 """Tasks shipped with sklearn-lib: datasets, splits and training recipes."""
 
+from sklearn_lib.tasks._mlp import (
+    load_digits_split,
+    load_mnist_split,
+    make_mlp,
+    train_mlp_classifier,
+)
 from sklearn_lib.tasks._modular_addition import (
     ModularAdditionData,
     load_modular_addition,
@@ -8,6 +14,10 @@ from sklearn_lib.tasks._modular_addition import (
 )
 
 __all__ = [
+    "load_digits_split",
+    "load_mnist_split",
+    "make_mlp",
+    "train_mlp_classifier",
     "ModularAdditionData",
     "load_modular_addition",
     "modular_addition_split",

@@ -1,0 +1,313 @@
+"""LocalInteractionBasis and GlobalInteractionBasis (DESIGN.md section 5, the LIB step)."""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from sklearn_lib._common import (
+    check_adapter,
+    check_finite,
+    check_layers,
+    iter_batches,
+    resolve_device,
+    resolve_dtype,
+)
+from sklearn_lib._graph import InteractionGraph
+from sklearn_lib._jacobian import batched_jacobian, per_sample
+from sklearn_lib._linalg import LayerBasis, rotate_basis
+from sklearn_lib._whitening import _BASIS_PARAMS, fit_pca_bases
+
+__all__ = ["LocalInteractionBasis", "GlobalInteractionBasis"]
+
+
+def _compose(fns):
+    def run(f):
+        for fn in fns:
+            f = fn(f)
+        return f
+
+    return run
+
+
+def rademacher(generator: torch.Generator, shape, dtype, device) -> torch.Tensor:
+    """Random +-1 entries (mean 0, variance 1): the stochastic sources of appendix C."""
+    draws = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64)
+    return (2 * draws - 1).to(dtype=dtype, device=device)
+
+
+class _InteractionBasis(TransformerMixin, BaseEstimator):
+    """Shared fit of LIB and GIB; subclasses choose the target layer of the Jacobian."""
+
+    _target_is_final = False
+    _basis_name = "lib"
+
+    _parameter_constraints: dict = {
+        **_BASIS_PARAMS,
+        "n_stochastic_sources": [Interval(Integral, 1, None, closed="left"), None],
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        adapter=None,
+        *,
+        layers=None,
+        rotate_final=True,
+        rtol=1e-10,
+        atol=1e-15,
+        n_stochastic_sources=None,
+        batch_size=256,
+        chunk_size=None,
+        dtype="float64",
+        device="cpu",
+        random_state=None,
+        verbose=False,
+    ):
+        self.adapter = adapter
+        self.layers = layers
+        self.rotate_final = rotate_final
+        self.rtol = rtol
+        self.atol = atol
+        self.n_stochastic_sources = n_stochastic_sources
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.dtype = dtype
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the basis of every node layer on model inputs.
+
+        Parameters
+        ----------
+        X : array-like
+            Model inputs, as the adapter takes them (e.g. ``(n_samples, n_features)`` floats for
+            an MLP, ``(n_samples, n_positions)`` tokens for a transformer).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self
+        """
+        adapter = check_adapter(self.adapter, type(self).__name__)
+        layers = check_layers(adapter, self.layers, type(self).__name__)
+        X = adapter.check_input(X)
+        dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
+        rng = check_random_state(self.random_state)
+        generator = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+        pca = fit_pca_bases(
+            adapter, X, layers, whiten=True, rotate_final=self.rotate_final, rtol=self.rtol,
+            atol=self.atol, batch_size=self.batch_size, dtype=dtype, device=device,
+            verbose=self.verbose,
+        )
+        bases: list[LayerBasis | None] = [None] * len(layers)
+        bases[-1] = pca[-1]
+        steps = range(len(layers) - 2, -1, -1)
+        for l in tqdm(steps, desc=f"{self._basis_name.upper()} layers", disable=not self.verbose):
+            target = bases[-1] if self._target_is_final else bases[l + 1]
+            segments = [
+                adapter.segment(layers[m], dtype=dtype, device=device)
+                for m in range(l, len(layers) - 1 if self._target_is_final else l + 1)
+            ]
+            gram = self._jacobian_gram(
+                adapter, X, layers[l], pca[l], _compose(segments), target, dtype, device,
+                generator,
+            )
+            bases[l] = rotate_basis(pca[l], gram, rtol=self.rtol, atol=self.atol)
+        self.bases_ = bases
+        self.layers_ = layers
+        self.n_components_ = {b.name: b.n_components for b in bases}
+        return self
+
+    def _jacobian_gram(self, adapter, X, layer, pca: LayerBasis, segment, target: LayerBasis,
+                       dtype, device, generator) -> torch.Tensor:
+        """``M_jj' = 1/(N T) sum_x sum_{s,t,i} J_(i,s),(j,t) J_(i,s),(j',t)`` (DESIGN.md 5).
+
+        ``J`` differentiates the target layer in its basis w.r.t. the whitened coordinates of
+        ``layer``; the sum over output positions ``s`` is exact or, with stochastic sources,
+        replaced by ``R`` random +-1 combinations (unbiased). Accumulated in float64.
+        """
+        P = torch.as_tensor(pca.C, dtype=dtype, device=device)
+        P_pinv = torch.as_tensor(pca.C_pinv, dtype=dtype, device=device)
+        C_out = torch.as_tensor(target.C, dtype=dtype, device=device)
+        n_fixed = pca.n_fixed
+
+        def g(z):  # whitened coordinates of `layer` -> target layer in its basis
+            return segment(z @ P_pinv.T) @ C_out.T
+
+        single = per_sample(g)
+        R = self.n_stochastic_sources
+        k = pca.n_components
+        gram = torch.zeros(k, k, dtype=torch.float64, device=device)
+        count = 0
+        n_batches = -(-X.shape[0] // self.batch_size)
+        for start, xb in tqdm(iter_batches(X, self.batch_size), total=n_batches, leave=False,
+                              desc=f"Jacobians at {layer}", disable=not self.verbose):
+            f = adapter.activations(xb, [layer], dtype=dtype, device=device)[layer]
+            check_finite(f, f"Activations of layer {layer!r}", start)
+            z = f @ P.T
+            with torch.no_grad():
+                out_shape = g(z[:1]).shape[1:]  # (T_out, n_out)
+            if R is None:
+                jac = batched_jacobian(single, z, out_numel=out_shape.numel(),
+                                       chunk_size=self.chunk_size)
+            else:
+                sources = rademacher(generator, (z.shape[0], R, out_shape[0]), dtype, device)
+
+                def mixed(zb, rb):
+                    return (rb @ single(zb)) / R**0.5
+
+                jac = batched_jacobian(mixed, z, sources, out_numel=R * out_shape[1],
+                                       chunk_size=self.chunk_size)
+            jac = jac[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T_in, k)
+            check_finite(jac, f"Jacobians at layer {layer!r}", start)
+            gram += torch.einsum("bsitj,bsitk->jk", jac, jac)
+            count += z.shape[0] * out_shape[0]
+        return gram.cpu() / count
+
+    def transform(self, X):
+        """The :class:`InteractionGraph` of these model inputs in the fitted bases.
+
+        Parameters
+        ----------
+        X : array-like
+            Model inputs.
+
+        Returns
+        -------
+        graph : InteractionGraph
+        """
+        check_is_fitted(self, "bases_")
+        X = self.adapter.check_input(X)
+        return InteractionGraph(
+            layers=self.layers_, bases=tuple(self.bases_), basis=self._basis_name,
+            adapter=self.adapter, X=X,
+        )
+
+
+_DOC_PARAMS = """
+    Parameters
+    ----------
+    adapter : ModelAdapter
+        The model, presented as node layers and segment maps (see :mod:`sklearn_lib.adapters`).
+    layers : list of str, default=None
+        Consecutive node layers to use (default: all of the adapter's).
+    rotate_final : bool, default=True
+        Centre and rotate the last node layer onto its principal axes (``C^L = U H``, not
+        rescaled); ``False`` keeps it as it is.
+    rtol : float, default=1e-10
+        Directions whose eigenvalue (of the activation covariance, then of the Jacobian Gram
+        matrix ``M``) is at most ``rtol`` times the largest are dropped.
+    atol : float, default=1e-15
+        Absolute floor of the truncation.
+    n_stochastic_sources : int, default=None
+        Replace the sum over output positions by this many random +-1 sources (paper
+        appendix C); exact for position-wise segments. ``None``: exact sum.
+    batch_size : int, default=256
+        Model inputs per batch; bounds peak memory with the Jacobian size.
+    chunk_size : int, default=None
+        Reverse-mode Jacobians: output coordinates per vectorised VJP (memory knob).
+    dtype : {"float32", "float64"}, default="float64"
+        Dtype of forward passes and Jacobians (sums are accumulated in float64).
+    device : str or torch.device, default="cpu"
+    random_state : int, RandomState instance or None, default=None
+        Seeds the stochastic sources.
+    verbose : bool, default=False
+        Show progress bars.
+
+    Attributes
+    ----------
+    bases_ : list of LayerBasis
+        Per node layer: ``C`` (features ``f_hat = C f``), its right inverse ``C_pinv``, the kept
+        eigenvalues ``Lambda`` (``D`` for the last layer) and the kept dimension.
+    layers_ : tuple of str
+        The node layers.
+    n_components_ : dict of str to int
+        Kept directions per layer (the constant excluded).
+"""
+
+
+class LocalInteractionBasis(_InteractionBasis):
+    __doc__ = (
+        """The Local Interaction Basis (LIB) of every node layer of a model.
+
+    From the last node layer back, each layer is whitened (``f~ = D^{-1/2} U (f - mu)``, null
+    directions dropped) and rotated onto the eigenvectors of the Gram matrix of the Jacobian
+    to the *next* layer's basis, scaled by how much each direction matters:
+
+    .. math::
+
+        M_{jj'} = \\frac{1}{NT} \\sum_{x,s,t,i} J_{(i,s),(j,t)} J_{(i,s),(j',t)},\\quad
+        M = V^T \\Lambda V,\\quad C^l = \\Lambda^{1/2} V D^{-1/2} U H
+
+    (paper eqs. 6-7 and Algorithm 1). Features come out ordered by importance.
+"""
+        + _DOC_PARAMS
+        + """
+    See Also
+    --------
+    GlobalInteractionBasis : Jacobians to the final layer instead of the next.
+    PCAWhitener : the PCA baseline (``PCAWhitener(adapter)``).
+    IGEdgeScorer : the next pipeline step.
+
+    References
+    ----------
+    Bushnaq et al., "The Local Interaction Basis: Identifying Computationally-Relevant and
+    Sparsely Interacting Features in Neural Networks", arXiv:2405.10928 (2024).
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_lib import LocalInteractionBasis
+    >>> from sklearn_lib.adapters import MLPAdapter
+    >>> _ = torch.manual_seed(0)
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> X = np.random.default_rng(0).normal(size=(300, 4))
+    >>> lib = LocalInteractionBasis(MLPAdapter(mlp)).fit(X)
+    >>> lib.n_components_
+    {'input': 3, '1': 3, '2': 3}
+    """
+    )
+
+
+class GlobalInteractionBasis(_InteractionBasis):
+    __doc__ = (
+        """The Global Interaction Basis (GIB): LIB with Jacobians to the final layer.
+
+    As :class:`LocalInteractionBasis`, but ``J`` differentiates the final node layer (in its
+    basis) with respect to the whitened layer ``l``, so features are ordered by their
+    importance for the output rather than for the next layer.
+"""
+        + _DOC_PARAMS
+        + """
+    See Also
+    --------
+    LocalInteractionBasis
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_lib import GlobalInteractionBasis
+    >>> from sklearn_lib.adapters import MLPAdapter
+    >>> _ = torch.manual_seed(0)
+    >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> X = np.random.default_rng(0).normal(size=(300, 4))
+    >>> GlobalInteractionBasis(MLPAdapter(mlp)).fit(X).n_components_["input"]
+    3
+    """
+    )
+
+    _target_is_final = True
+    _basis_name = "gib"
