@@ -152,9 +152,8 @@ def _cast(obj: Any, dtype: torch.dtype, device: torch.device) -> Any:
 # -- the transformer_lens side ---------------------------------------------------------------
 _ACT_FNS = ("relu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "silu")
 
-# (config field, value that is supported, what the field does) for features we do not model.
+# (config field, its plain value, what another value turns on) for features we do not model.
 _UNSUPPORTED_FLAGS = (
-    ("attn_only", None, None),  # supported; listed so the loop below skips it
     ("parallel_attn_mlp", False, "parallel attention and MLP"),
     ("gated_mlp", False, "gated MLPs"),
     ("num_experts", None, "mixture-of-experts MLPs"),
@@ -191,11 +190,9 @@ def _check_config(cfg: Any) -> None:
     act = getattr(cfg, "act_fn", None)
     if act not in _ACT_FNS:
         raise _unsupported("act_fn", act, "activation function")
-    for field, ok, what in _UNSUPPORTED_FLAGS:
-        if what is None:
-            continue
-        value = getattr(cfg, field, ok)
-        if value not in (ok, None) if ok is not None else value is not None:
+    for field, plain, what in _UNSUPPORTED_FLAGS:
+        value = getattr(cfg, field, plain)  # fields older releases lack are off
+        if value is not None and value != plain:
             raise _unsupported(field, value, what)
     for field in ("attn_scores_soft_cap", "output_logits_soft_cap"):
         cap = getattr(cfg, field, None)
@@ -477,7 +474,8 @@ def _span(w: TransformerWeights, start: int, stop: int, last_from: int | None):
     def run(f: Tensor) -> Tensor:
         const = f[..., :1]
         x = f[..., 1 : 1 + d]
-        scale = f[..., 1 + d : 2 + d] if steps[start].norm is not None else None
+        has_scale = start < len(steps) and steps[start].norm is not None
+        scale = f[..., 1 + d : 2 + d] if has_scale else None
         for k in range(start, stop):
             step = steps[k]
             if step.norm is None:
@@ -790,8 +788,6 @@ class HookedTransformerAdapter:
         with torch.no_grad():
             x = w.W_E[tokens] + w.W_pos[:n_pos]
             const = torch.ones_like(x[..., :1])
-            if self._last_from is not None and self._last_from <= 0:
-                x, const = x[..., -1:, :], const[..., -1:, :]
             parts = [const, x]
             first = _steps(w)[0]
             if first.norm is not None:
@@ -814,8 +810,8 @@ class HookedTransformerAdapter:
         Shape ``(batch, pos_in, 1 + d) -> (batch, pos_out, 1 + d')``; every bias is multiplied
         by ``f[..., :1]``, which is passed through, so ``F(0) = 0``.
         """
-        i = self.node_layers.index(layer) if layer in self.node_layers else None
         start = self._cut(layer)
+        i = self.node_layers.index(layer)
         if i == len(self.node_layers) - 1:
             raise ValueError(f"{layer!r} is the last node layer; it has no segment after it.")
         stop = self._cuts[self.node_layers[i + 1]]
