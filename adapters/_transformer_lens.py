@@ -362,10 +362,9 @@ def load_hooked_transformer(
             f"The model config is not a HookedTransformerConfig: {exc}. Pass the 'model' "
             "section of a training config, or a flat dict of HookedTransformerConfig fields."
         ) from exc
-    model = HookedTransformer(cfg)
+    model = HookedTransformer(cfg)  # placed on cfg.device
     state = torch.load(state_dict_path, map_location=torch.device(device), weights_only=True)
     model.load_state_dict(state, strict=True)
-    model.to(device)
     model.eval()
     return model
 
