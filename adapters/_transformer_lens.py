@@ -143,8 +143,9 @@ def _cast(obj: Any, dtype: torch.dtype, device: torch.device) -> Any:
     if isinstance(obj, tuple):
         return tuple(_cast(o, dtype, device) for o in obj)
     if dataclasses.is_dataclass(obj):
+        fields = dataclasses.fields(obj)
         return dataclasses.replace(
-            obj, **{f.name: _cast(getattr(obj, f.name), dtype, device) for f in dataclasses.fields(obj)}
+            obj, **{f.name: _cast(getattr(obj, f.name), dtype, device) for f in fields}
         )
     return obj
 
@@ -183,7 +184,7 @@ def _check_config(cfg: Any) -> None:
     """Raise ``ValueError`` for a ``HookedTransformerConfig`` this adapter cannot model."""
     pos = getattr(cfg, "positional_embedding_type", "standard")
     if pos != "standard":
-        raise _unsupported("positional_embedding_type", pos, "only learned absolute positions")
+        raise _unsupported("positional_embedding_type", pos, "not learned absolute positions")
     norm = getattr(cfg, "normalization_type", None)
     if norm not in (None, "LN", "LNPre", "RMS", "RMSPre"):
         raise _unsupported("normalization_type", norm, "unknown normalisation")
@@ -815,6 +816,33 @@ class HookedTransformerAdapter:
             raise ValueError(f"{layer!r} is the last node layer; it has no segment after it.")
         stop = self._cuts[self.node_layers[i + 1]]
         return _span(self._weights(dtype, device), start, stop, self._last_from)
+
+    def composite_segment(
+        self, layer: str, in_map: Tensor, out_map: Tensor, *, dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> Any:
+        """A closed-form :class:`~sklearn_lib._segments.CompositeSegment`, or ``None``.
+
+        ``G(z) = segment(z @ in_map.T) @ out_map.T`` from ``layer`` to the next node layer,
+        with its per-sample Jacobians and ablated forward passes in closed form (see
+        ``adapters/_transformer_closed_forms.py``). Covered: one sublayer without layer norm
+        (attention, MLP or unembedding); anything else returns ``None`` and the caller uses
+        the generic ``torch.func`` composite.
+        """
+        from sklearn_lib.adapters._transformer_closed_forms import closed_form_segment
+
+        start = self._cut(layer)
+        i = self.node_layers.index(layer)
+        if i == len(self.node_layers) - 1:
+            return None
+        stop = self._cuts[self.node_layers[i + 1]]
+        w = self._weights(dtype, device)
+        device = torch.device(device)
+        return closed_form_segment(
+            w, _steps(w), start, stop, self._last_from,
+            _span(w, start, stop, self._last_from),
+            in_map.to(dtype=dtype, device=device), out_map.to(dtype=dtype, device=device),
+        )
 
     def forward_from(
         self, layer: str, *, dtype: torch.dtype, device: torch.device | str

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from sklearn_lib._common import check_finite, iter_batches, resolve_device, resolve_dtype
 from sklearn_lib._graph import AblationResult, InteractionGraph, check_graph
+from sklearn_lib._segments import ablate_by_masks, make_composite
 
 __all__ = ["EdgeAblationSearch", "ablated_forward"]
 
@@ -20,25 +21,8 @@ _DEFAULT_TOLERANCE = {"accuracy": 1e-3, "loss": 0.1}
 
 
 def ablated_forward(F, z: torch.Tensor, masks: torch.Tensor, mask_chunk: int) -> torch.Tensor:
-    """Outputs ``out[..., i] = F(z * masks[i])[..., i]``, one forward pass per distinct mask.
-
-    ``z``: ``(batch, T_in, n_in)``; ``masks``: ``(n_out, n_in)`` of 0/1; returns
-    ``(batch, T_out, n_out)``. A mask zeroes the source features of the ablated edges of one
-    output feature, at every position.
-    """
-    unique, inverse = torch.unique(masks, dim=0, return_inverse=True)
-    B, T, n_in = z.shape
-    out = None
-    for lo in range(0, unique.shape[0], mask_chunk):
-        chunk = unique[lo : lo + mask_chunk]  # (U, n_in)
-        masked = (z.unsqueeze(0) * chunk[:, None, None, :]).reshape(-1, T, n_in)
-        y = F(masked)
-        y = y.reshape(chunk.shape[0], B, *y.shape[1:])  # (U, B, T_out, n_out)
-        if out is None:
-            out = torch.empty(B, y.shape[2], y.shape[3], dtype=y.dtype, device=y.device)
-        rows = torch.nonzero((inverse >= lo) & (inverse < lo + chunk.shape[0])).squeeze(1)
-        out[:, :, rows] = y[inverse[rows] - lo, :, :, rows].permute(1, 2, 0)
-    return out
+    """``out[..., i] = F(z * masks[i])[..., i]`` (see :func:`sklearn_lib._segments.ablate_by_masks`)."""
+    return ablate_by_masks(F, z, masks, mask_chunk)
 
 
 def _metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> tuple[float, int]:
@@ -198,11 +182,9 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         C_in_pinv = torch.as_tensor(graph.bases[p].C_pinv, dtype=dtype, device=device)
         C_out = torch.as_tensor(graph.bases[p + 1].C, dtype=dtype, device=device)
         C_out_pinv = torch.as_tensor(graph.bases[p + 1].C_pinv, dtype=dtype, device=device)
-        seg = adapter.segment(layer_in, dtype=dtype, device=device)
+        F = make_composite(adapter, [layer_in, layer_out], C_in_pinv, C_out, dtype=dtype,
+                           device=device)
         rest = adapter.forward_from(layer_out, dtype=dtype, device=device)
-
-        def F(z):
-            return seg(z @ C_in_pinv.T) @ C_out.T
 
         def masks_for(k: int) -> torch.Tensor | None:
             if k >= n_total:
@@ -224,8 +206,11 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                     f = adapter.activations(xb, [layer_in], dtype=dtype, device=device)[layer_in]
                     check_finite(f, f"Activations of layer {layer_in!r}", start)
                     z = f @ C_in.T
-                    out = F(z) if masks is None else ablated_forward(F, z, masks, self.mask_chunk)
+                    out = F(z) if masks is None else F.ablated(z, masks, self.mask_chunk)
                     logits = rest(out @ C_out_pinv.T)
+                    # NaN logits would score silently (argmax picks the NaN) and report garbage.
+                    check_finite(logits, f"Model outputs (ablating {layer_in!r} -> "
+                                         f"{layer_out!r})", start)
                 s, c = _metric_sums(logits, y_eval[start : start + xb.shape[0]], metric)
                 total, count = total + s, count + c
             cache[k] = total / count

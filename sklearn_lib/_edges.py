@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from sklearn_lib._common import check_finite, iter_batches, resolve_device, resolve_dtype
 from sklearn_lib._graph import InteractionGraph, check_graph
 from sklearn_lib._interaction import rademacher
-from sklearn_lib._jacobian import batched_jacobian, per_sample
+from sklearn_lib._segments import CompositeSegment, make_composite
 
 __all__ = ["IGEdgeScorer", "quadrature"]
 
@@ -59,6 +59,10 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         \\qquad
         E_{ij} = \\sqrt{\\tfrac{1}{NT} \\textstyle\\sum_{x,s} A_{(i,s),j}(x)^2}.
 
+    ``T`` is the number of positions of the input layer (the reference implementation's
+    convention where a layer pair keeps fewer positions than it reads; it scales a pair's
+    edges by one constant).
+
     The constant feature 0 is a node like the others. Completeness holds:
     ``sum_j A_(i,s),j = F_(i,s)(f_hat)`` (up to quadrature error), since ``F(0) = 0``.
     ``fit`` computes the edges on the graph's inputs, streaming a sum of squares and a count.
@@ -101,7 +105,7 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
     >>> X = np.random.default_rng(0).normal(size=(300, 4))
     >>> graph = LocalInteractionBasis(MLPAdapter(mlp)).fit_transform(X)
     >>> [E.shape for E in IGEdgeScorer().fit_transform(graph).edges]
-    [(4, 4), (4, 4)]
+    [(4, 5), (4, 4)]
     """
 
     _parameter_constraints: dict = {
@@ -167,14 +171,11 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         pairs = list(range(len(layers) - 1))
         C = [torch.as_tensor(b.C, dtype=dtype, device=device) for b in graph.bases]
         C_pinv = [torch.as_tensor(b.C_pinv, dtype=dtype, device=device) for b in graph.bases]
-        fns = []
-        for p in pairs:
-            seg = adapter.segment(layers[p], dtype=dtype, device=device)
-
-            def F(z, seg=seg, inv=C_pinv[p], out=C[p + 1]):  # basis l -> basis l+1
-                return seg(z @ inv.T) @ out.T
-
-            fns.append(F)
+        fns = [  # basis l -> basis l+1
+            make_composite(adapter, [layers[p], layers[p + 1]], C_pinv[p], C[p + 1],
+                           dtype=dtype, device=device, chunk_size=self.chunk_size)
+            for p in pairs
+        ]
         sums = [torch.zeros(b.n_features, a.n_features, dtype=torch.float64)
                 for a, b in zip(graph.bases[:-1], graph.bases[1:])]
         counts = [0 for _ in pairs]
@@ -189,7 +190,7 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
                 A = self._attributions(fns[p], z, alphas, weights, generator, dtype, device)
                 check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", start)
                 sums[p] += (A.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
-                counts[p] += A.shape[0] * self._n_out_positions
+                counts[p] += z.shape[0] * z.shape[1]  # N T, T = positions of layer l
         self.edges_ = tuple((s / c).sqrt().numpy() for s, c in zip(sums, counts))
         self.pairs_ = graph.pairs
         self.n_samples_ = X.shape[0]
@@ -197,25 +198,25 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         return self
 
     def _attributions(self, F, z, alphas, weights, generator, dtype, device) -> torch.Tensor:
-        """``A`` of shape (batch, S, n_out, n_in); S output positions or stochastic sources."""
-        single = per_sample(F)
+        """``A`` of shape (batch, S, n_out, n_in); S output positions or stochastic sources.
+
+        ``F`` is a :class:`CompositeSegment` (or any batched map, wrapped into one).
+        """
+        if not isinstance(F, CompositeSegment) and not hasattr(F, "jacobian"):
+            with torch.no_grad():
+                n_out = F(z[:1]).shape[-1]
+            eye_in = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
+            eye_out = torch.eye(n_out, dtype=z.dtype, device=z.device)
+            F = CompositeSegment(F, eye_in, eye_out, self.chunk_size)
         with torch.no_grad():
-            out_shape = F(z[:1]).shape[1:]
-        self._n_out_positions = out_shape[0]
+            t_out = F(z[:1]).shape[1]
         R = self.n_stochastic_sources
+        sources = None
         if R is not None:
-            sources = rademacher(generator, (z.shape[0], R, out_shape[0]), dtype, device)
-
-            def fn(zb, rb):
-                return (rb @ single(zb)) / R**0.5
-
-            extra, out_numel = (sources,), R * out_shape[1]
-        else:
-            fn, extra, out_numel = single, (), out_shape.numel()
+            sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
         jbar = None
         for alpha, w in zip(alphas.tolist(), weights.tolist()):
-            J = batched_jacobian(fn, alpha * z, *extra, out_numel=out_numel,
-                                 chunk_size=self.chunk_size)
+            J = F.jacobian(alpha * z, sources)
             jbar = w * J if jbar is None else jbar + w * J
         # A_(i,s),j = sum_t f_hat_(j,t) * Jbar_(i,s),(j,t)
         return torch.einsum("bsitj,btj->bsij", jbar, z)

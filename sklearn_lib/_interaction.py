@@ -21,20 +21,11 @@ from sklearn_lib._common import (
     resolve_dtype,
 )
 from sklearn_lib._graph import InteractionGraph
-from sklearn_lib._jacobian import batched_jacobian, per_sample
+from sklearn_lib._segments import make_composite
 from sklearn_lib._linalg import LayerBasis, rotate_basis
 from sklearn_lib._whitening import _BASIS_PARAMS, fit_pca_bases
 
 __all__ = ["LocalInteractionBasis", "GlobalInteractionBasis"]
-
-
-def _compose(fns):
-    def run(f):
-        for fn in fns:
-            f = fn(f)
-        return f
-
-    return run
 
 
 def rademacher(generator: torch.Generator, shape, dtype, device) -> torch.Tensor:
@@ -62,7 +53,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         *,
         layers=None,
         rotate_final=True,
-        rtol=1e-10,
+        rtol=1e-13,
         atol=1e-15,
         n_stochastic_sources=None,
         batch_size=256,
@@ -117,39 +108,33 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         steps = range(len(layers) - 2, -1, -1)
         for l in tqdm(steps, desc=f"{self._basis_name.upper()} layers", disable=not self.verbose):
             target = bases[-1] if self._target_is_final else bases[l + 1]
-            segments = [
-                adapter.segment(layers[m], dtype=dtype, device=device)
-                for m in range(l, len(layers) - 1 if self._target_is_final else l + 1)
-            ]
-            gram = self._jacobian_gram(
-                adapter, X, layers[l], pca[l], _compose(segments), target, dtype, device,
-                generator,
+            span = list(layers[l:]) if self._target_is_final else [layers[l], layers[l + 1]]
+            G = make_composite(
+                adapter, span, torch.as_tensor(pca[l].C_pinv, dtype=dtype, device=device),
+                torch.as_tensor(target.C, dtype=dtype, device=device), dtype=dtype,
+                device=device, chunk_size=self.chunk_size,
             )
+            gram = self._jacobian_gram(adapter, X, layers[l], pca[l], G, dtype, device,
+                                       generator)
             bases[l] = rotate_basis(pca[l], gram, rtol=self.rtol, atol=self.atol)
         self.bases_ = bases
         self.layers_ = layers
         self.n_components_ = {b.name: b.n_components for b in bases}
         return self
 
-    def _jacobian_gram(self, adapter, X, layer, pca: LayerBasis, segment, target: LayerBasis,
-                       dtype, device, generator) -> torch.Tensor:
+    def _jacobian_gram(self, adapter, X, layer, pca: LayerBasis, G, dtype, device,
+                       generator) -> torch.Tensor:
         """``M_jj' = 1/(N T) sum_x sum_{s,t,i} J_(i,s),(j,t) J_(i,s),(j',t)`` (DESIGN.md 5).
 
-        ``J`` differentiates the target layer in its basis w.r.t. the whitened coordinates of
-        ``layer``; the sum over output positions ``s`` is exact or, with stochastic sources,
-        replaced by ``R`` random +-1 combinations (unbiased). Accumulated in float64.
+        ``G`` maps the whitened coordinates of ``layer`` to the target layer in its basis;
+        ``J`` is its Jacobian. The sum over output positions ``s`` is exact or, with
+        stochastic sources, replaced by ``R`` random +-1 combinations (unbiased). ``T`` counts
+        the positions of ``layer`` (the reference implementation's convention; it only scales
+        ``M``). Accumulated in float64.
         """
         P = torch.as_tensor(pca.C, dtype=dtype, device=device)
-        P_pinv = torch.as_tensor(pca.C_pinv, dtype=dtype, device=device)
-        C_out = torch.as_tensor(target.C, dtype=dtype, device=device)
-        n_fixed = pca.n_fixed
-
-        def g(z):  # whitened coordinates of `layer` -> target layer in its basis
-            return segment(z @ P_pinv.T) @ C_out.T
-
-        single = per_sample(g)
+        n_fixed, k = pca.n_fixed, pca.n_components
         R = self.n_stochastic_sources
-        k = pca.n_components
         gram = torch.zeros(k, k, dtype=torch.float64, device=device)
         count = 0
         n_batches = -(-X.shape[0] // self.batch_size)
@@ -159,22 +144,14 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
             check_finite(f, f"Activations of layer {layer!r}", start)
             z = f @ P.T
             with torch.no_grad():
-                out_shape = g(z[:1]).shape[1:]  # (T_out, n_out)
-            if R is None:
-                jac = batched_jacobian(single, z, out_numel=out_shape.numel(),
-                                       chunk_size=self.chunk_size)
-            else:
-                sources = rademacher(generator, (z.shape[0], R, out_shape[0]), dtype, device)
-
-                def mixed(zb, rb):
-                    return (rb @ single(zb)) / R**0.5
-
-                jac = batched_jacobian(mixed, z, sources, out_numel=R * out_shape[1],
-                                       chunk_size=self.chunk_size)
-            jac = jac[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T_in, k)
+                t_out = G(z[:1]).shape[1]
+            sources = None
+            if R is not None:
+                sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
+            jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
             check_finite(jac, f"Jacobians at layer {layer!r}", start)
             gram += torch.einsum("bsitj,bsitk->jk", jac, jac)
-            count += z.shape[0] * out_shape[0]
+            count += z.shape[0] * z.shape[1]
         return gram.cpu() / count
 
     def transform(self, X):
@@ -207,7 +184,7 @@ _DOC_PARAMS = """
     rotate_final : bool, default=True
         Centre and rotate the last node layer onto its principal axes (``C^L = U H``, not
         rescaled); ``False`` keeps it as it is.
-    rtol : float, default=1e-10
+    rtol : float, default=1e-13
         Directions whose eigenvalue (of the activation covariance, then of the Jacobian Gram
         matrix ``M``) is at most ``rtol`` times the largest are dropped.
     atol : float, default=1e-15
@@ -277,7 +254,7 @@ class LocalInteractionBasis(_InteractionBasis):
     >>> X = np.random.default_rng(0).normal(size=(300, 4))
     >>> lib = LocalInteractionBasis(MLPAdapter(mlp)).fit(X)
     >>> lib.n_components_
-    {'input': 3, '1': 3, '2': 3}
+    {'input': 4, '1': 3, '2': 3}
     """
     )
 
@@ -305,7 +282,7 @@ class GlobalInteractionBasis(_InteractionBasis):
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     >>> X = np.random.default_rng(0).normal(size=(300, 4))
     >>> GlobalInteractionBasis(MLPAdapter(mlp)).fit(X).n_components_["input"]
-    3
+    4
     """
     )
 

@@ -3,7 +3,8 @@
 Rows are all pairs ``(x, y)`` with ``x, y`` in ``0..p-1`` in the order ``x * p + y``; the
 tokens are ``[x, y, p]`` (``p`` is the "=" token) and the label ``(x + y) mod p`` is read at
 the last position. The split is the one of the paper's code: the training rows are the first
-``round(frac_train * p**2)`` indices of ``torch.randperm(p**2, generator=seeded)``.
+``int(frac_train * p**2)`` indices of ``torch.randperm(p**2, generator=seeded)`` (truncated,
+as the paper's code does: 3,830 training rows for p = 113 and frac_train = 0.3).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def modular_addition_split(
         raise ValueError(f"frac_train must be in (0, 1). Got {frac_train!r} instead.")
     n = modulus * modulus
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).numpy()
-    n_train = int(round(frac_train * n))
+    n_train = int(frac_train * n)  # truncation, as the paper's code (3,830 of 12,769 rows)
     return perm[:n_train], perm[n_train:]
 
 

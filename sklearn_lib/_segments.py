@@ -1,0 +1,115 @@
+"""A segment between two bases: ``G(z) = out_map @ seg(in_map @ z)``, its Jacobians, its ablation.
+
+Every computation of the method on a layer pair goes through this object: the Jacobian Gram
+matrix of LIB (``in_map`` the right inverse of the whitening, ``out_map`` the next basis), the
+integrated-gradient edges and the edge-ablation forward passes. The generic version below uses
+``torch.func``; an adapter can supply a faster one with closed forms (see
+``docs/adapters.md``) by defining ``composite_segment(layer, in_map, out_map, *, dtype,
+device)`` that returns an object with the same three methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from sklearn_lib._jacobian import batched_jacobian, per_sample
+
+__all__ = ["CompositeSegment", "ablate_by_masks", "make_composite"]
+
+
+class CompositeSegment:
+    """``G(z) = seg(z @ in_map.T) @ out_map.T`` on ``Float[Tensor, "batch pos n_in"]``.
+
+    Parameters
+    ----------
+    segment : callable
+        Pure batched map between node layers (activation coordinates, constant first).
+    in_map : Tensor of shape (1 + d_in, n_in)
+        From basis coordinates of the input layer back to its activations.
+    out_map : Tensor of shape (n_out, 1 + d_out)
+        From activations of the output layer to its basis.
+    chunk_size : int, default=None
+        Reverse-mode Jacobians: VJPs vectorised at once.
+    """
+
+    def __init__(self, segment: Callable[[Tensor], Tensor], in_map: Tensor, out_map: Tensor,
+                 chunk_size: int | None = None) -> None:
+        self.segment = segment
+        self.in_map = in_map
+        self.out_map = out_map
+        self.chunk_size = chunk_size
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.segment(z @ self.in_map.T) @ self.out_map.T
+
+    def jacobian(self, z: Tensor, sources: Tensor | None = None) -> Tensor:
+        """Per-sample Jacobians ``(batch, S, n_out, T_in, n_in)`` of ``G`` at ``z``.
+
+        ``S`` is the number of output positions, or, with ``sources`` of shape
+        ``(batch, R, T_out)``, the ``R`` combinations ``sum_s r_s G_s / sqrt(R)``.
+        """
+        single = per_sample(self)
+        with torch.no_grad():
+            t_out, n_out = self(z[:1]).shape[1:]
+        if sources is None:
+            return batched_jacobian(single, z, out_numel=t_out * n_out,
+                                    chunk_size=self.chunk_size)
+        R = sources.shape[1]
+
+        def mixed(zb: Tensor, rb: Tensor) -> Tensor:
+            return (rb @ single(zb)) / R**0.5
+
+        return batched_jacobian(mixed, z, sources, out_numel=R * n_out,
+                                chunk_size=self.chunk_size)
+
+    def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
+        """``out[..., i] = G(z * masks[i])[..., i]``, one forward pass per distinct mask.
+
+        ``masks`` of shape ``(n_out, n_in)`` zero the sources of each output's ablated edges at
+        every position; returns ``(batch, T_out, n_out)``.
+        """
+        return ablate_by_masks(self, z, masks, mask_chunk)
+
+
+def ablate_by_masks(G: Callable[[Tensor], Tensor], z: Tensor, masks: Tensor,
+                    mask_chunk: int = 16) -> Tensor:
+    """``out[..., i] = G(z * masks[i])[..., i]`` for any batched map ``G``.
+
+    Outputs sharing a mask share one forward pass; ``mask_chunk`` masks run at once.
+    """
+    unique, inverse = torch.unique(masks, dim=0, return_inverse=True)
+    B, T, n_in = z.shape
+    out = None
+    for lo in range(0, unique.shape[0], mask_chunk):
+        chunk = unique[lo : lo + mask_chunk]  # (U, n_in)
+        y = G((z.unsqueeze(0) * chunk[:, None, None, :]).reshape(-1, T, n_in))
+        y = y.reshape(chunk.shape[0], B, *y.shape[1:])  # (U, B, T_out, n_out)
+        if out is None:
+            out = torch.empty(B, y.shape[2], y.shape[3], dtype=y.dtype, device=y.device)
+        rows = torch.nonzero((inverse >= lo) & (inverse < lo + chunk.shape[0])).squeeze(1)
+        out[:, :, rows] = y[inverse[rows] - lo, :, :, rows].permute(1, 2, 0)
+    return out
+
+
+def make_composite(adapter, layers: list[str], in_map: Tensor, out_map: Tensor, *,
+                   dtype: torch.dtype, device: torch.device,
+                   chunk_size: int | None = None) -> CompositeSegment:
+    """The composite segment from ``layers[0]`` through ``layers[-1]`` (one or more segments).
+
+    Uses the adapter's ``composite_segment`` when it has one and a single segment is asked for.
+    """
+    if len(layers) == 2 and hasattr(adapter, "composite_segment"):
+        fast = adapter.composite_segment(layers[0], in_map, out_map, dtype=dtype, device=device)
+        if fast is not None:
+            return fast
+    segments = [adapter.segment(layer, dtype=dtype, device=device) for layer in layers[:-1]]
+
+    def chained(f: Tensor) -> Tensor:
+        for seg in segments:
+            f = seg(f)
+        return f
+
+    return CompositeSegment(chained, in_map, out_map, chunk_size)

@@ -1,0 +1,90 @@
+"""Fourier labels of modular-addition features (paper appendix F and section 3.1.2).
+
+A feature evaluated on the full ``p x p`` grid of inputs ``(x, y)`` is a sum of terms
+``cos(2 pi (a x + b y) / p + phase)``. Because the terms are orthogonal, the variance each one
+explains follows from the 2-D discrete Fourier transform (Parseval). A term and its conjugate
+``(-a, -b)`` form one real term.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["fourier_terms", "fourier_label", "monosemanticity"]
+
+
+def _canonical(a: int, b: int, p: int) -> tuple[int, int]:
+    """Representative of the pair {(a, b), (-a, -b)} with signed frequencies in (-p/2, p/2]."""
+    def signed(k: int) -> int:
+        k %= p
+        return k - p if k > p // 2 else k
+
+    a, b = signed(a), signed(b)
+    if a < 0 or (a == 0 and b < 0):
+        a, b = -a, -b
+    return a, b
+
+
+def fourier_terms(values: np.ndarray, modulus: int | None = None) -> list[tuple[tuple[int, int], float]]:
+    """Fraction of variance explained by each real Fourier term, largest first.
+
+    Parameters
+    ----------
+    values : ndarray of shape (p * p,) or (p, p)
+        A feature on every input pair, row ``x * p + y`` (or ``values[x, y]``).
+    modulus : int, default=None
+        ``p``; inferred from the shape.
+
+    Returns
+    -------
+    terms : list of ((a, b), fraction)
+        Frequencies of ``cos(2 pi (a x + b y) / p + phase)`` and the fraction of the feature's
+        variance they explain; fractions sum to 1 (for a non-constant feature).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = 13
+    >>> x, y = np.divmod(np.arange(p * p), p)
+    >>> f = 3 * np.cos(2 * np.pi * 5 * (x + y) / p) + np.sin(2 * np.pi * 2 * x / p)
+    >>> [(ab, round(frac, 3)) for ab, frac in fourier_terms(f)[:2]]
+    [((5, 5), 0.9), ((2, 0), 0.1)]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    p = modulus or int(round(np.sqrt(values.size)))
+    if p * p != values.size:
+        raise ValueError(f"Expected p * p values for a p x p grid; got {values.size} values.")
+    grid = values.reshape(p, p)
+    grid = grid - grid.mean()
+    total = float((grid**2).mean())
+    if total <= 0.0:
+        return []
+    power = np.abs(np.fft.fft2(grid) / (p * p)) ** 2  # Parseval: sums to total
+    merged: dict[tuple[int, int], float] = {}
+    for a in range(p):
+        for b in range(p):
+            if power[a, b] == 0.0:
+                continue
+            key = _canonical(a, b, p)
+            merged[key] = merged.get(key, 0.0) + float(power[a, b]) / total
+    return sorted(merged.items(), key=lambda kv: -kv[1])
+
+
+def fourier_label(values: np.ndarray, modulus: int | None = None, *, min_fraction: float = 0.1,
+                  max_terms: int = 2) -> str:
+    """A short label such as ``"70% cos(7x+7y) + 30% cos(31x+31y)"``."""
+    parts = []
+    for (a, b), frac in fourier_terms(values, modulus)[:max_terms]:
+        if frac < min_fraction:
+            break
+        xs = "" if a == 0 else (f"{a}x" if a != 1 else "x")
+        ys = "" if b == 0 else (f"{abs(b)}y" if abs(b) != 1 else "y")
+        sign = "+" if b > 0 and xs else ("-" if b < 0 else "")
+        parts.append(f"{round(100 * frac)}% cos({xs}{sign}{ys})")
+    return " + ".join(parts) if parts else "mixed"
+
+
+def monosemanticity(values: np.ndarray, modulus: int | None = None) -> float:
+    """Fraction of a feature's variance explained by its single largest Fourier term."""
+    terms = fourier_terms(values, modulus)
+    return terms[0][1] if terms else 0.0
