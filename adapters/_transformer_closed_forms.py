@@ -23,7 +23,6 @@ sublayers, layer norm), and the caller falls back to the generic segment.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -38,8 +37,11 @@ __all__ = [
     "closed_form_segment",
 ]
 
-#: Bytes a temporary of the batched ablation / Jacobian may take (outputs are chunked to it).
-_MEMORY_BUDGET = 128 * 2**20
+#: Bytes the temporaries of one chunk of the batched Jacobians and ablations may take (masks
+#: and rows are chunked to it). A compromise measured on 2 CPU cores: 128 MiB chunks ran up to
+#: 2-3x slower (fresh pages instead of the allocator's heap), 8 MiB ones issue 4x as many
+#: small operations, each of which can cost milliseconds of thread wake-up on a busy machine.
+_MEMORY_BUDGET = 32 * 2**20
 
 
 def closed_form_segment(weights, steps, start: int, stop: int, last_from: int | None,
@@ -76,32 +78,55 @@ def _chunk(per_item_bytes: int, n: int) -> int:
     return max(1, min(n, _MEMORY_BUDGET // max(1, per_item_bytes)))
 
 
-def _sparse_mask_chunks(masks: Tensor, bytes_per_output: Callable[[int], int]):
-    """Chunks of outputs with the kept input columns of their masks, sparsest first.
+def _mask_chunks(masks: Tensor, bytes_per_mask: Callable[[int, int, bool], int],
+                 cost: Callable[[int, bool], float] | None = None):
+    """Chunks of distinct masks, each with the few input columns it needs and its outputs.
 
-    The ablation search keeps few edges in most of its probes, so output ``i`` only needs the
-    ``nnz_i`` columns its mask keeps. Outputs are sorted by ``nnz``, grouped while the chunk's
-    temporaries (``bytes_per_output(kmax)`` each, ``kmax`` the chunk's largest ``nnz``) fit
-    the memory budget, and yield ``(outputs, idx, valid)``: ``idx`` of shape ``(C, kmax)`` the
-    kept columns padded with column 0, ``valid`` 1 on the kept ones and 0 on the padding.
+    The ablation search keeps few edges in most of its probes, so a mask usually keeps few
+    columns; in its first probes many masks drop few. Each distinct mask is handled through
+    the columns it keeps (``complement=False``: the output is computed from them alone) or
+    the columns it drops (``complement=True``: their contribution is subtracted from the
+    unablated pre-activations, which are linear in the inputs), whichever ``cost(width,
+    complement)`` finds cheaper (default: the narrower). Outputs sharing a mask share the
+    work. Masks are grouped by ``(R, complement)``, ``R`` the number of outputs using the
+    mask, sorted by the number of columns needed and chunked while the widths stay similar
+    and the chunk's temporaries (``bytes_per_mask(kmax, R, complement)`` each, ``kmax`` the
+    chunk's widest) fit the memory budget.
+
+    Yields ``(idx, valid, outs, complement)``: ``idx`` of shape ``(C, kmax)`` the needed
+    columns padded with column 0, ``valid`` 1 on the needed ones and 0 on the padding, ``outs``
+    of shape ``(C, R)`` the outputs using each mask.
     """
-    nnz = (masks != 0).sum(1)
-    order = torch.argsort(nnz, stable=True)
-    nnz_sorted = nnz[order].tolist()
-    n = len(nnz_sorted)
-    lo = 0
-    while lo < n:
-        hi = lo + 1
-        while hi < n and (hi + 1 - lo) * bytes_per_output(max(1, nnz_sorted[hi])) <= _MEMORY_BUDGET:
-            hi += 1
-        outputs = order[lo:hi]
-        kmax = max(1, nnz_sorted[hi - 1])
-        m = masks[outputs]
-        # Kept columns first (stable: in increasing order), then the padding.
-        idx = torch.argsort((m == 0).to(torch.int8), dim=1, stable=True)[:, :kmax]
-        valid = m.gather(1, idx)
-        yield outputs, idx, valid
-        lo = hi
+    cost = cost or (lambda k, complement: k)
+    unique, inverse, counts = torch.unique(masks != 0, dim=0, return_inverse=True,
+                                           return_counts=True)
+    n_in = masks.shape[1]
+    by_mask = torch.argsort(inverse, stable=True)  # outputs grouped by their mask
+    starts = torch.cumsum(counts, 0) - counts
+    kept = unique.sum(1)
+    complement = torch.tensor([cost(n_in - k, True) < cost(k, False) for k in kept.tolist()],
+                              dtype=torch.bool, device=masks.device)
+    width = torch.where(complement, n_in - kept, kept)
+    keys = torch.stack([counts, complement.long()], 1)
+    for R, comp in torch.unique(keys, dim=0).tolist():
+        group = torch.nonzero((counts == R) & (complement == bool(comp))).squeeze(1)
+        group = group[torch.argsort(width[group], stable=True)]
+        k_sorted = width[group].tolist()
+        outs_all = by_mask[starts[group, None] + torch.arange(R, device=masks.device)]
+        lo = 0
+        while lo < len(k_sorted):
+            hi = lo + 1
+            while hi < len(k_sorted) and k_sorted[hi] <= 1.5 * k_sorted[lo] + 4 and (
+                (hi + 1 - lo) * bytes_per_mask(max(1, k_sorted[hi]), R, bool(comp))
+                <= _MEMORY_BUDGET
+            ):  # padding every mask to the widest wastes at most about half
+                hi += 1
+            kmax = max(1, k_sorted[hi - 1])
+            needed = unique[group[lo:hi]] != bool(comp)  # kept, or dropped for complements
+            # Needed columns first (stable: in increasing order), then the padding.
+            idx = torch.argsort((~needed).to(torch.int8), dim=1, stable=True)[:, :kmax]
+            yield idx, needed.gather(1, idx), outs_all[lo:hi], bool(comp)
+            lo = hi
 
 
 def _activation_and_derivative(act_fn: str) -> tuple[Callable[[Tensor], Tensor],
@@ -129,6 +154,36 @@ class _FoldedComposite(CompositeSegment):
         self.last = last
         self.n_in = in_map.shape[1]
         self.n_out = out_map.shape[0]
+
+    def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
+        """``out[..., i] = G(z * masks[i])[..., i]`` (``masks`` 0/1 of shape (n_out, n_in)).
+
+        The distinct masks are processed in chunks of similar width (see
+        :func:`_mask_chunks`), over blocks of rows that keep each chunk within the memory
+        budget. ``mask_chunk`` is accepted for the interface; chunks are sized by memory.
+        """
+        masks = masks.to(dtype=z.dtype, device=z.device)
+        B, T = z.shape[:2]
+        per_row = self._row_elements(T, max(1, self.n_in // 2), 1, False) * z.element_size()
+        block = int(min(B, max(16, _MEMORY_BUDGET // (2 * per_row))))
+        chunks = list(_mask_chunks(
+            masks, lambda k, R, c: block * self._row_elements(T, k, R, c) * z.element_size(),
+            lambda k, c: self._width_cost(T, k, c),
+        ))
+        blocks = [self._ablated_block(z[lo : lo + block], masks, chunks)
+                  for lo in range(0, B, block)]
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+    def _row_elements(self, T: int, k: int, R: int, complement: bool) -> int:
+        """Elements of the temporaries per row of ``z`` for one mask of width ``k``."""
+        raise NotImplementedError
+
+    def _width_cost(self, T: int, k: int, complement: bool) -> float:
+        """Work per row for a mask that needs ``k`` columns, kept or (complement) dropped."""
+        return k
+
+    def _ablated_block(self, z: Tensor, masks: Tensor, chunks: list) -> Tensor:
+        raise NotImplementedError
 
     def _positions(self, T: int) -> slice:
         return slice(T - 1, T) if self.last else slice(0, T)
@@ -204,6 +259,7 @@ class MLPComposite(_FoldedComposite):
         self.A = Q @ mlp.W_out.T  # (n_out, d_mlp)
         self.Bm = mlp.W_in.T @ P + torch.outer(mlp.b_in, a0)  # (d_mlp, n_in)
         self.act, self.act_prime = _activation_and_derivative(mlp.act_fn)
+        self.act_ = torch.relu_ if mlp.act_fn == "relu" else None  # in place, on temporaries
 
     def __call__(self, z: Tensor) -> Tensor:
         z = z[:, self._positions(z.shape[1])]
@@ -228,34 +284,40 @@ class MLPComposite(_FoldedComposite):
         X += self.L0
         return self._place_diagonal(X.reshape(B, S, n_out, n_in), T, sources)
 
-    def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
-        """``out_i = L0_i (z * m_i) + A_i act(Bm (z * m_i))`` over the kept columns of ``m_i``.
+    def _row_elements(self, T: int, k: int, R: int, complement: bool) -> int:
+        S = 1 if self.last else T
+        return S * (2 * self.A.shape[1] + k + 2 * R)
 
-        ``mask_chunk`` is accepted for the interface; chunks are sized by memory instead.
-        """
-        masks = masks.to(dtype=z.dtype, device=z.device)
+    def _ablated_block(self, z: Tensor, masks: Tensor, chunks: list) -> Tensor:
+        """``out_i = L0_i (z * m_i) + A_i act(Bm (z * m_i))``, one hidden layer per distinct
+        mask, from the columns it keeps (or the unablated one less the columns it drops)."""
         zs = z[:, self._positions(z.shape[1])]
-        B, S, _ = zs.shape
-        d_mlp = self.A.shape[1]
-        out = torch.empty(B, S, self.n_out, dtype=z.dtype, device=z.device)
-        BmT, size = self.Bm.T, z.element_size()
-        for outputs, idx, valid in _sparse_mask_chunks(
-            masks, lambda k: size * (B * S * (2 * d_mlp + k) + k * d_mlp)
-        ):
-            zg = zs[..., idx] * valid  # (B, S, C, k): the kept inputs of each output
-            pre = torch.einsum("bscj,cjk->bsck", zg, BmT[idx])
-            val = torch.einsum("bsck,ck->bsc", self.act(pre), self.A[outputs])
-            val += torch.einsum("bscj,cj->bsc", zg, self.L0[outputs[:, None], idx])
-            out[..., outputs] = val
-        return out
+        B, S, n_in = zs.shape
+        N = B * S
+        rows = zs.reshape(N, n_in)
+        zT = rows.T.contiguous()  # (n_in, N): gathers the rows of needed inputs
+        out = (rows @ (masks * self.L0).T).T.contiguous()  # (n_out, N): the linear part
+        BmT = self.Bm.T
+        full = None  # unablated pre-activations, for masks that drop few columns
+        for idx, valid, outs, complement in chunks:
+            zg = zT[idx] * valid[..., None]  # (C, k, N)
+            pre = torch.matmul(zg.transpose(1, 2), BmT[idx])  # (C, N, d_mlp)
+            if complement:
+                if full is None:
+                    full = rows @ BmT
+                pre = torch.sub(full, pre, out=pre)
+            h = self.act_(pre) if self.act_ is not None else self.act(pre)
+            val = torch.matmul(h, self.A[outs].transpose(1, 2))  # (C, N, R)
+            out[outs.reshape(-1)] += val.transpose(1, 2).reshape(-1, N)
+        return out.T.reshape(B, S, self.n_out)
 
 
 # -- attention ---------------------------------------------------------------------------------
 class AttentionComposite(_FoldedComposite):
     """``G(z)_s = L0 z_s + sum_h sum_t a_{h,s,t} (z_t @ U_h)`` with softmax attention ``a``.
 
-    In basis coordinates: queries ``z_s @ WQ_h``, keys ``z_t @ WK_h`` (biases folded through
-    ``a0``), the value-output path ``U_h = (P^T W_V^h + a0 b_V^h) W_O^h Q^T`` of shape
+    In basis coordinates: queries ``z_s @ WQ_h`` (``1/scale`` folded in), keys ``z_t @ WK_h``
+    (biases folded through ``a0``), the value-output path ``U_h = (P^T W_V^h + a0 b_V^h) W_O^h Q^T`` of shape
     ``(n_in, n_out)``, and ``L0 = o0 a0 + Q (P + b_O a0)``.
     """
 
@@ -268,38 +330,37 @@ class AttentionComposite(_FoldedComposite):
         def fold(W: Tensor, b: Tensor) -> Tensor:  # (H, d, dh), (H, dh) -> (H, n_in, dh)
             return torch.einsum("dj,hdk->hjk", P, W) + a0[None, :, None] * b[:, None, :]
 
-        self.WQ = fold(attn.W_Q, attn.b_Q)
+        self.scale = float(attn.scale)
+        self.WQ = fold(attn.W_Q, attn.b_Q) / self.scale  # scores are q . k, scale folded in
         self.WK = fold(attn.W_K, attn.b_K)
         WV = fold(attn.W_V, attn.b_V)
         self.U = torch.einsum("hjk,hkd,id->hji", WV, attn.W_O, Q)  # (H, n_in, n_out)
         self.L0 = torch.outer(o0, a0) + Q @ (P + torch.outer(attn.b_O, a0))
-        self.scale = float(attn.scale)
         self.causal = bool(attn.causal)
+        self._masked: dict[tuple[int, int], Tensor] = {}  # (T, S) -> disallowed (S, T)
         self._QK: Tensor | None = None  # WQ_h WK_h^T, made on first use
         #: How :meth:`ablated` forms the scores: "qk" (queries and keys, ``d_head`` per head),
         #: "QK" (the bilinear form ``WQ_h WK_h^T``, ``n_in`` per head) or None (cheaper one).
         self.score_path: str | None = None
 
-    # The pattern of the output positions: (B, H, S, T), plus queries and keys.
-    def _allowed(self, T: int, S: int, device) -> Tensor | None:
-        if not self.causal:
-            return None
-        allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        return allowed[T - S :]
-
     def _pattern(self, scores: Tensor, T: int, S: int) -> Tensor:
-        allowed = self._allowed(T, S, scores.device)
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
+        """Softmax over keys of ``scores (..., S, T)``, causal for the last ``S`` queries."""
+        if self.causal:
+            masked = self._masked.get((T, S))
+            if masked is None:
+                allowed = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
+                masked = self._masked[(T, S)] = ~allowed[T - S :]
+            scores = scores.masked_fill(masked, float("-inf"))
         return torch.softmax(scores, dim=-1)
 
     def _forward_parts(self, z: Tensor):
+        """Output-position inputs, queries, keys, the pattern (B, H, S, T) and the values."""
         T = z.shape[1]
         zs = z[:, self._positions(T)]
         S = zs.shape[1]
         q = torch.einsum("bsj,hjk->bhsk", zs, self.WQ)
         k = torch.einsum("btj,hjk->bhtk", z, self.WK)
-        a = self._pattern(torch.einsum("bhsk,bhtk->bhst", q, k) / self.scale, T, S)
+        a = self._pattern(torch.einsum("bhsk,bhtk->bhst", q, k), T, S)
         vo = torch.einsum("btj,hji->bhti", z, self.U)  # (B, H, T, n_out)
         return zs, q, k, a, vo
 
@@ -312,17 +373,18 @@ class AttentionComposite(_FoldedComposite):
 
         With ``c_{h,s,i,t} = a_{h,s,t} (vo_{h,t,i} - sum_t' a_{h,s,t'} vo_{h,t',i})`` (the
         derivative of the output with respect to the score ``(s, t)``):
-        ``J = delta_{ts} (L0 + sum_{h,t'} c_{h,s,i,t'} (WQ_h k_{h,t'})_j / scale)
-        + sum_h a_{h,s,t} U_{h,j,i} + sum_h c_{h,s,i,t} (WK_h q_{h,s})_j / scale``.
+        ``J = delta_{ts} (L0 + sum_{h,t'} c_{h,s,i,t'} (WQ_h k_{h,t'})_j)
+        + sum_h a_{h,s,t} U_{h,j,i} + sum_h c_{h,s,i,t} (WK_h q_{h,s})_j`` (``1/scale`` is
+        in ``WQ`` and ``q``).
         """
-        B, T, _ = z.shape
+        T = z.shape[1]
         zs, q, k, a, vo = self._forward_parts(z)
         S = zs.shape[1]
         vbar = torch.einsum("bhst,bhti->bhsi", a, vo)
         c = a[:, :, :, None, :] * (vo.transpose(2, 3)[:, :, None] - vbar[..., None])
         # c: (B, H, S, n_out, T); the query and key directions in basis coordinates.
-        qK = torch.einsum("bhsk,hjk->bhsj", q, self.WK) / self.scale  # (B, H, S, n_in)
-        kQ = torch.einsum("bhtk,hjk->bhtj", k, self.WQ) / self.scale  # (B, H, T, n_in)
+        qK = torch.einsum("bhsk,hjk->bhsj", q, self.WK)  # (B, H, S, n_in); q carries 1/scale
+        kQ = torch.einsum("bhtk,hjk->bhtj", k, self.WQ)  # (B, H, T, n_in); so does WQ
         diag = self.L0 + torch.einsum("bhsit,bhtj->bsij", c, kQ)  # (B, S, n_out, n_in)
         if sources is None:
             J = torch.einsum("bhst,hji->bsitj", a, self.U)
@@ -346,46 +408,65 @@ class AttentionComposite(_FoldedComposite):
             J[:, idx, :, idx, :] += diag.transpose(0, 1)
         return J
 
-    def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
-        """Per output ``i``: queries, keys and value scalars from ``z * masks[i]``.
+    def _use_QK(self, T: int, k: int, complement: bool) -> bool:
+        """Scores through ``WQ_h WK_h^T`` (``k`` per head) rather than queries and keys."""
+        if complement:
+            return False  # q and k are linear in the mask: subtract the dropped part
+        if self.score_path is not None:
+            return self.score_path == "QK"
+        S = 1 if self.last else T
+        dh = self.WQ.shape[2]
+        return S * k * k + S * T * k < (S + T) * k * dh
 
-        Only the columns output ``i``'s mask keeps are gathered (outputs in chunks of similar
-        sparsity); the value path of output ``i`` is the vector ``U_{h,:,i}`` per head.
-        ``mask_chunk`` is accepted for the interface; chunks are sized by memory instead.
-        """
-        masks = masks.to(dtype=z.dtype, device=z.device)
-        B, T, _ = z.shape
+    def _width_cost(self, T: int, k: int, complement: bool) -> float:
+        S = 1 if self.last else T
+        dh = self.WQ.shape[2]
+        return S * k * k + S * T * k if self._use_QK(T, k, complement) else (S + T) * k * dh
+
+    def _row_elements(self, T: int, k: int, R: int, complement: bool) -> int:
         S = 1 if self.last else T
         H, _, dh = self.WQ.shape
-        size = z.element_size()
-        out = torch.empty(B, S, self.n_out, dtype=z.dtype, device=z.device)
+        return (T * k + H * S * (k if self._use_QK(T, k, complement) else dh) + H * T * dh
+                + 3 * H * S * T + 2 * H * R * T + 2 * S * R)
 
-        def use_QK(k: int) -> bool:  # scores via WQ_h WK_h^T (k per head) or q, k (dh)
-            if self.score_path is not None:
-                return self.score_path == "QK"
-            return S * k * k + S * T * k < (S + T) * k * dh
+    def _ablated_block(self, z: Tensor, masks: Tensor, chunks: list) -> Tensor:
+        """Per output ``i``: queries, keys and value scalars from ``z * masks[i]``.
 
-        def nbytes(k: int) -> int:
-            width = T * k + H * S * (k if use_QK(k) else dh) + H * T * dh + 3 * H * S * T
-            return size * (B * width + H * k * max(k, dh))
-
-        for outputs, idx, valid in _sparse_mask_chunks(masks, nbytes):
+        Only the columns a mask keeps are gathered, or the ones it drops are subtracted from
+        the unablated queries, keys and values; the value path of output ``i`` is the vector
+        ``U_{h,:,i}`` per head.
+        """
+        B, T, _ = z.shape
+        S = 1 if self.last else T
+        zq = z[:, T - S :]
+        out = zq @ (masks * self.L0).T  # (B, S, n_out): the residual and bias part
+        full = None  # unablated queries, keys and values, for masks that drop few columns
+        for idx, valid, outs, complement in chunks:
             k = idx.shape[1]
-            zg = z[..., idx] * valid  # (B, T, C, k)
-            zq = zg[:, T - S :]
-            if use_QK(k):
+            zg = z[..., idx] * valid  # (B, T, C, k): the kept (or dropped) inputs
+            zgq = zg[:, T - S :]
+            if self._use_QK(T, k, complement):
                 if self._QK is None:
                     self._QK = torch.einsum("hjd,hld->hjl", self.WQ, self.WK)
                 QKg = self._QK[:, idx[:, :, None], idx[:, None, :]]  # (H, C, k, k)
-                u = torch.einsum("bscj,hcjl->bchsl", zq, QKg)
+                u = torch.einsum("bscj,hcjl->bchsl", zgq, QKg)
                 scores = torch.einsum("bchsl,btcl->bchst", u, zg)
             else:
-                q = torch.einsum("bscj,hcjd->bchsd", zq, self.WQ[:, idx])
+                q = torch.einsum("bscj,hcjd->bchsd", zgq, self.WQ[:, idx])
                 kk = torch.einsum("btcj,hcjd->bchtd", zg, self.WK[:, idx])
+                if complement:
+                    if full is None:
+                        full = (torch.einsum("bsj,hjd->bhsd", zq, self.WQ)[:, None],
+                                torch.einsum("btj,hjd->bhtd", z, self.WK)[:, None],
+                                torch.einsum("btj,hji->bhit", z, self.U))
+                    q = torch.sub(full[0], q, out=q)
+                    kk = torch.sub(full[1], kk, out=kk)
                 scores = torch.einsum("bchsd,bchtd->bchst", q, kk)
-            a = self._pattern(scores / self.scale, T, S)  # (B, C, H, S, T)
-            vo = torch.einsum("btcj,hcj->bcht", zg, self.U[:, idx, outputs[:, None]])
-            val = torch.einsum("bchst,bcht->bsc", a, vo)
-            val += torch.einsum("bscj,cj->bsc", zq, self.L0[outputs[:, None], idx])
-            out[..., outputs] = val
+            a = self._pattern(scores, T, S)  # (B, C, H, S, T)
+            Ug = self.U[:, idx[:, None, :], outs[:, :, None]]  # (H, C, R, k)
+            vo = torch.einsum("btcj,hcrj->bchrt", zg, Ug)
+            if complement:
+                vo = full[2][:, :, outs].permute(0, 2, 1, 3, 4) - vo
+            out[..., outs.reshape(-1)] += torch.einsum("bchst,bchrt->bscr", a, vo).reshape(
+                B, S, -1)
         return out

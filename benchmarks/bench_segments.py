@@ -8,7 +8,8 @@ realistic mask (the strongest half of the possible edges kept, constant column a
 generic :class:`CompositeSegment` vs ``adapter.composite_segment``; median of --repeats runs
 (the machine may be shared and noisy). Also checks that both give the same numbers.
 
-Usage: python benchmarks/bench_segments.py [--repeats 3] [--json benchmarks/results/segments.json]
+Usage: python benchmarks/bench_segments.py [--repeats 3] [--threads N]
+       [--json benchmarks/results/segments.json]
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from sklearn_lib import LocalInteractionBasis  # noqa: E402
-from sklearn_lib._segments import CompositeSegment  # noqa: E402
-from sklearn_lib.adapters import load_hooked_transformer  # noqa: E402
-from sklearn_lib.tasks import load_modular_addition  # noqa: E402
-from sklearn_lib.tasks._modadd_experiment import modadd_adapter  # noqa: E402
+from sklearn_lib import LocalInteractionBasis
+from sklearn_lib._segments import CompositeSegment
+from sklearn_lib.adapters import load_hooked_transformer
+from sklearn_lib.tasks import load_modular_addition
+from sklearn_lib.tasks._modadd_experiment import modadd_adapter
 
 REFERENCE = Path("/work/shared/reference/modadd-seed0")
 F64 = dict(dtype=torch.float64, device=torch.device("cpu"))
@@ -57,8 +58,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n-jacobian", type=int, default=512)
     parser.add_argument("--n-ablated", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--json", default="benchmarks/results/segments.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = load_hooked_transformer(args.checkpoint, args.config)
     adapter = modadd_adapter(model)
@@ -95,8 +100,8 @@ def main() -> None:
         row = {"pair": f"{layers[p]} -> {layers[p + 1]}", "kind": type(fast).__name__,
                "n_in": n_in, "n_out": n_out, "T_in": int(z_jac.shape[1])}
         with torch.no_grad():
-            t_slow, J_slow = median_time(lambda: slow.jacobian(z_jac), args.repeats)
-            t_fast, J_fast = median_time(lambda: fast.jacobian(z_jac), args.repeats)
+            t_slow, J_slow = median_time(lambda G=slow, z=z_jac: G.jacobian(z), args.repeats)
+            t_fast, J_fast = median_time(lambda G=fast, z=z_jac: G.jacobian(z), args.repeats)
             row.update(jacobian_rows=len(X_jac), jacobian_generic_s=t_slow,
                        jacobian_closed_s=t_fast, jacobian_speedup=t_slow / t_fast,
                        jacobian_rel_err=rel_err(J_fast, J_slow))
@@ -106,8 +111,10 @@ def main() -> None:
                 masks[ranked[: int(frac * n_out * (n_in - 1))]] = 1.0
                 masks = masks.reshape(n_out, n_in)
                 masks[:, 0] = 1.0
-                t_slow, A_slow = median_time(lambda: slow.ablated(z_abl, masks), args.repeats)
-                t_fast, A_fast = median_time(lambda: fast.ablated(z_abl, masks), args.repeats)
+                t_slow, A_slow = median_time(
+                    lambda G=slow, z=z_abl, m=masks: G.ablated(z, m), args.repeats)
+                t_fast, A_fast = median_time(
+                    lambda G=fast, z=z_abl, m=masks: G.ablated(z, m), args.repeats)
                 row[f"ablated_{label}"] = {
                     "kept_fraction": frac,
                     "n_distinct_masks": int(torch.unique(masks, dim=0).shape[0]),

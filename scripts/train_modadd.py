@@ -2,6 +2,9 @@
 
 Usage: python scripts/train_modadd.py [--seeds 0 1 2 3 4] [--epochs 1500] [--out DIR]
 
+Each seed trains at least --epochs epochs, then until its test accuracy has been 100% at every
+evaluation of the last --stable-epochs epochs (at most --max-epochs).
+
 Each seed's folder gets model_state_dict.pt, config.json and training_log.json; the stdout of
 this script is kept beside them as train.log by the command in docs/modadd.md.
 """
@@ -15,7 +18,9 @@ from sklearn_lib.tasks._modular_addition import train_modular_addition
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=1500)
+    parser.add_argument("--epochs", type=int, default=1500, help="minimum epochs")
+    parser.add_argument("--max-epochs", type=int, default=8000)
+    parser.add_argument("--stable-epochs", type=int, default=500)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -28,6 +33,8 @@ def main() -> None:
             args.out / f"seed{seed}",
             seed=seed,
             epochs=args.epochs,
+            max_epochs=args.max_epochs,
+            stable_epochs=args.stable_epochs,
             learning_rate=args.learning_rate,
             n_threads=args.threads,
         )

@@ -14,7 +14,7 @@ def _modadd(args: argparse.Namespace) -> int:
     result = run_modadd_experiment(
         args.checkpoint, args.config, basis=args.basis, frac_train=args.frac_train,
         split_seed=args.split_seed, verbose=not args.quiet, ablation_dtype=args.ablation_dtype,
-        rtol=args.rtol, atol=args.atol,
+        rtol=args.rtol, atol=args.atol, figure=args.figure,
     )
     print(f"{result['basis'].upper()} on {result['checkpoint']} "
           f"(test accuracy {result['model_test_accuracy']:.6f}, "
@@ -30,6 +30,8 @@ def _modadd(args: argparse.Namespace) -> int:
     print(f"modularity Q = {result['modularity']:.3f} ({result['n_communities']} communities); "
           f"build {s['build']:.1f} s, ablation {s['ablation']:.1f} s, "
           f"peak RSS {result['peak_rss_mb']:.0f} MB")
+    for layer, labels in result["fourier_labels"].items():
+        print(f"  {layer}: " + "; ".join(labels[:5]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
@@ -52,5 +54,6 @@ def add_modadd_parser(sub) -> None:
     p.add_argument("--atol", type=float, default=1e-15, help="absolute truncation floor")
     p.add_argument("--ablation-dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--figure", help="write the interaction graph with Fourier labels (PNG)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_modadd)

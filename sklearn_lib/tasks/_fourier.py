@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fourier_terms", "fourier_label", "monosemanticity"]
+__all__ = ["feature_labels", "fourier_terms", "fourier_label", "grid_features", "monosemanticity"]
 
 
 def _canonical(a: int, b: int, p: int) -> tuple[int, int]:
@@ -88,3 +88,36 @@ def monosemanticity(values: np.ndarray, modulus: int | None = None) -> float:
     """Fraction of a feature's variance explained by its single largest Fourier term."""
     terms = fourier_terms(values, modulus)
     return terms[0][1] if terms else 0.0
+
+
+def grid_features(graph, modulus: int, *, position: int = -1, batch_size: int = 2048) -> dict:
+    """Basis features of every layer of a modular-addition graph on the full ``p x p`` grid.
+
+    Returns ``{layer: ndarray (p * p, n_features)}`` at ``position`` (default: the last one;
+    layers that keep only the last position have just that one). Feature 0 is the constant.
+    """
+    from sklearn_lib.tasks._modular_addition import modular_addition_grid
+
+    tokens, _ = modular_addition_grid(modulus)
+    out = {}
+    for layer in graph.layers:
+        F = graph.features(layer, tokens, batch_size=batch_size)
+        out[layer] = F[:, position if F.shape[1] > 1 else 0, :]
+    return out
+
+
+def feature_labels(graph, modulus: int, *, max_features: int = 20, position: int = -1) -> tuple[dict, dict]:
+    """Fourier labels and monosemanticity of the first ``max_features`` features of each layer.
+
+    Returns ``(labels, monosemanticity)``: ``labels[(layer, i)]`` is a string such as
+    ``"92% cos(7x+7y)"``; ``monosemanticity[layer]`` is the list of the largest-term fractions
+    of features ``1..max_features`` (the measure of the paper's section 3.1.2).
+    """
+    feats = grid_features(graph, modulus, position=position)
+    labels, mono = {}, {}
+    for layer, F in feats.items():
+        mono[layer] = []
+        for i in range(1, min(F.shape[1], max_features + 1)):
+            labels[(layer, i)] = fourier_label(F[:, i], modulus)
+            mono[layer].append(monosemanticity(F[:, i], modulus))
+    return labels, mono

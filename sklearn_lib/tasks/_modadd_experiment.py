@@ -50,6 +50,8 @@ def run_modadd_experiment(
     random_state: int = 0,
     verbose: bool = False,
     return_graph: bool = False,
+    figure: str | Path | None = None,
+    n_labelled: int = 10,
 ) -> dict:
     """Fit a basis on the train split (float64), score edges (alpha = 1), ablate on the test
     split (accuracy within ``tolerance``), run Leiden; return the figures as a JSON-ready dict.
@@ -129,6 +131,24 @@ def run_modadd_experiment(
     times["modularity"] = time.perf_counter() - t
     times["build"] = times["basis"] + times["edges"]
     times["total"] = time.perf_counter() - t0
+    peak = _peak_rss_mb()
+
+    # Fourier labels (appendix F) and monosemanticity (section 3.1.2) of the first features.
+    from sklearn_lib.tasks._fourier import feature_labels
+
+    labels, mono = feature_labels(graph, modulus, max_features=max(n_labelled, 16))
+    if figure is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(16, 8))
+        graph.plot(ax=ax, max_features=16, feature_labels=labels,
+                   title=f"{basis.upper()} interaction graph, modular addition")
+        fig.tight_layout()
+        fig.savefig(figure, dpi=110)
+        plt.close(fig)
 
     pairs = []
     for p, r in enumerate(graph.ablation):
@@ -162,7 +182,11 @@ def run_modadd_experiment(
         "modularity": graph.modularity,
         "n_communities": leiden.n_communities_,
         "seconds": {k: round(v, 3) for k, v in times.items()},
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak, 1),
+        "monosemanticity": {layer: [round(v, 4) for v in vals[:n_labelled]]
+                            for layer, vals in mono.items()},
+        "fourier_labels": {layer: [labels.get((layer, i), "") for i in range(1, n_labelled + 1)]
+                           for layer in graph.layers},
     }
     if return_graph:
         result["graph"] = graph

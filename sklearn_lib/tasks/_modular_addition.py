@@ -134,6 +134,8 @@ def train_modular_addition(
     modulus: int = 113,
     frac_train: float = 0.3,
     epochs: int = 1500,
+    max_epochs: int = 8000,
+    stable_epochs: int = 500,
     learning_rate: float = 1e-2,
     weight_decay: float = 1.0,
     betas: tuple[float, float] = (0.9, 0.98),
@@ -141,6 +143,10 @@ def train_modular_addition(
     n_threads: int | None = None,
 ) -> dict:
     """Train the paper's modular-addition transformer full-batch with AdamW and save it.
+
+    Trains ``epochs`` epochs, then goes on (up to ``max_epochs``) until the test accuracy has
+    been 100% at every evaluation of the last ``stable_epochs`` epochs: weight decay keeps
+    cleaning the circuit up long after the training loss is tiny.
 
     Writes ``model_state_dict.pt`` (a ``HookedTransformer`` state_dict), ``config.json``
     (model, dataset and training settings, the format of the paper's checkpoints) and
@@ -163,14 +169,20 @@ def train_modular_addition(
     )
     log = []
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    def stable() -> bool:
+        recent = [r for r in log if r["epoch"] > log[-1]["epoch"] - stable_epochs]
+        return bool(recent) and all(r["test_accuracy"] == 1.0 for r in recent)
+
+    epoch = 0
+    while epoch < epochs or (epoch < max_epochs and not stable()):
+        epoch += 1
         model.train()
         logits = model(X_tr)[:, -1, :]
         loss = torch.nn.functional.cross_entropy(logits.double(), y_tr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if epoch % eval_every == 0 or epoch == 1 or epoch == epochs:
+        if epoch % eval_every == 0 or epoch == 1:
             model.eval()
             with torch.no_grad():
                 te_logits = model(X_te)[:, -1, :]
@@ -202,7 +214,9 @@ def train_modular_addition(
         },
         "train": {
             "batch_size": len(X_tr),
-            "epochs": epochs,
+            "epochs": epoch,
+            "min_epochs": epochs,
+            "stop_rule": f"test accuracy 100% over the last {stable_epochs} epochs (max {max_epochs})",
             "learning_rate": learning_rate,
             "weight_decay": weight_decay,
             "betas": list(betas),
