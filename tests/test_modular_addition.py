@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from sklearn_lib.tasks import load_modular_addition, modular_addition_split, shipped_modadd_checkpoint
+from sklearn_lib.tasks import (
+    SHIPPED_SEEDS,
+    load_modular_addition,
+    modular_addition_split,
+    shipped_modadd_checkpoint,
+)
 from sklearn_lib.tasks._fourier import fourier_label, fourier_terms, monosemanticity
 from sklearn_lib.tasks._modular_addition import modular_addition_grid
 
-SEEDS = [0, 1, 2, 3, 4]
+SEEDS = list(SHIPPED_SEEDS)
 
 
 def test_grid_order_and_labels():
@@ -39,7 +44,7 @@ def test_split_rejects_bad_fraction(bad):
 
 
 def test_missing_shipped_seed_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="ships seeds 0-4"):
+    with pytest.raises(FileNotFoundError, match="ships seeds"):
         shipped_modadd_checkpoint(17)
 
 

@@ -7,6 +7,7 @@ from sklearn_lib.tasks._mlp import (
     train_mlp_classifier,
 )
 from sklearn_lib.tasks._modular_addition import (
+    SHIPPED_SEEDS,
     ModularAdditionData,
     load_modular_addition,
     modular_addition_split,
@@ -14,6 +15,7 @@ from sklearn_lib.tasks._modular_addition import (
 )
 
 __all__ = [
+    "SHIPPED_SEEDS",
     "load_digits_split",
     "load_mnist_split",
     "make_mlp",
