@@ -15,9 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
+from _doc import write_section
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "modadd_seeds.json"
-DOC = HERE.parent / "docs" / "results.md"
 PAIR_NAMES = ["attention (resid_pre -> resid_mid)", "MLP (resid_mid -> resid_post)",
               "unembed (resid_post -> logits)"]
 PAPER = {"lib": {0: (133, 82)}, "gib": {0: (131, 82)}}
@@ -94,14 +95,7 @@ def main() -> None:
     results = (json.loads(RESULTS.read_text()) if args.table_only
                else run(args.seeds, args.bases, args.ablation_dtype))
     text = table(results)
-    doc = DOC.read_text() if DOC.is_file() else "# Results\n\n"
-    start, end = "<!-- modadd-seeds:start -->", "<!-- modadd-seeds:end -->"
-    block = f"{start}\n{text}\n{end}"
-    if start in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(doc)
+    write_section("modadd-seeds", text)
     print(text)
 
 

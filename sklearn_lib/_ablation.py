@@ -11,7 +11,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from sklearn_lib._common import check_finite, iter_batches, resolve_device, resolve_dtype
+from sklearn_lib._common import (
+    check_finite,
+    iter_batches,
+    resolve_device,
+    resolve_dtype,
+    same_arrays,
+)
 from sklearn_lib._graph import AblationResult, InteractionGraph, check_graph
 from sklearn_lib._segments import ablate_by_masks, make_composite
 
@@ -256,9 +262,7 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "results_")
         graph = check_graph(X, type(self).__name__)
-        if graph.edges is None or len(graph.edges) != len(self._edges) or not all(
-            a.shape == b.shape and np.array_equal(a, b) for a, b in zip(graph.edges, self._edges)
-        ):
+        if not same_arrays(graph.edges, self._edges):
             raise ValueError(
                 "This graph's edges differ from the ones EdgeAblationSearch was fitted on; refit."
             )

@@ -92,3 +92,18 @@ def check_finite(t: Tensor, what: str, start: int) -> None:
 
 def to_numpy(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
+
+
+def torch_generator(random_state) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded from a scikit-learn ``random_state``."""
+    from sklearn.utils import check_random_state
+
+    seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    return torch.Generator().manual_seed(seed)
+
+
+def same_arrays(a, b) -> bool:
+    """Whether two sequences of arrays have the same length, shapes and values."""
+    return a is not None and b is not None and len(a) == len(b) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b)
+    )

@@ -7,12 +7,18 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from sklearn_lib._common import check_finite, iter_batches, resolve_device, resolve_dtype
+from sklearn_lib._common import (
+    check_finite,
+    iter_batches,
+    resolve_device,
+    resolve_dtype,
+    same_arrays,
+    torch_generator,
+)
 from sklearn_lib._graph import InteractionGraph, check_graph
 from sklearn_lib._interaction import rademacher
 from sklearn_lib._segments import CompositeSegment, make_composite
@@ -165,8 +171,7 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
             )
         alphas, weights = quadrature(self.integration, self.n_steps)
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
-        rng = check_random_state(self.random_state)
-        generator = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+        generator = torch_generator(self.random_state)
         adapter, layers, X = graph.adapter, graph.layers, graph.X
         pairs = list(range(len(layers) - 1))
         C = [torch.as_tensor(b.C, dtype=dtype, device=device) for b in graph.bases]
@@ -235,11 +240,7 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "edges_")
         graph = check_graph(X, type(self).__name__)
-        same = len(graph.bases) == len(self._bases) and all(
-            a.C.shape == b.C.shape and np.array_equal(a.C, b.C)
-            for a, b in zip(graph.bases, self._bases)
-        )
-        if not same:
+        if not same_arrays([b.C for b in graph.bases], [b.C for b in self._bases]):
             raise ValueError(
                 "This graph's bases differ from the ones IGEdgeScorer was fitted on; refit the "
                 "scorer on this graph (edges belong to one basis)."

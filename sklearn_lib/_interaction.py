@@ -7,12 +7,12 @@ from numbers import Integral
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from sklearn_lib._common import (
+    torch_generator,
     check_adapter,
     check_finite,
     check_layers,
@@ -96,8 +96,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         layers = check_layers(adapter, self.layers, type(self).__name__)
         X = adapter.check_input(X)
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
-        rng = check_random_state(self.random_state)
-        generator = torch.Generator().manual_seed(int(rng.randint(np.iinfo(np.int32).max)))
+        generator = torch_generator(self.random_state)
         pca = fit_pca_bases(
             adapter, X, layers, whiten=True, rotate_final=self.rotate_final, rtol=self.rtol,
             atol=self.atol, batch_size=self.batch_size, dtype=dtype, device=device,

@@ -10,6 +10,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from sklearn_lib._common import same_arrays
 from sklearn_lib._graph import check_graph
 
 __all__ = ["LeidenModularity"]
@@ -141,9 +142,7 @@ class LeidenModularity(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "communities_")
         graph = check_graph(X, type(self).__name__)
-        if graph.edges is None or not all(
-            a.shape == b.shape and np.array_equal(a, b) for a, b in zip(graph.edges, self._edges)
-        ):
+        if not same_arrays(graph.edges, self._edges):
             raise ValueError(
                 "This graph's edges differ from the ones LeidenModularity was fitted on; refit."
             )
