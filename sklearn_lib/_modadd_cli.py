@@ -14,7 +14,7 @@ def _modadd(args: argparse.Namespace) -> int:
     result = run_modadd_experiment(
         args.checkpoint, args.config, basis=args.basis, frac_train=args.frac_train,
         split_seed=args.split_seed, verbose=not args.quiet, ablation_dtype=args.ablation_dtype,
-        rtol=args.rtol, atol=args.atol, figure=args.figure,
+        rtol=args.rtol, atol=args.atol, figure=args.figure, batch_size=args.batch_size,
     )
     print(f"{result['basis'].upper()} on {result['checkpoint']} "
           f"(test accuracy {result['model_test_accuracy']:.6f}, "
@@ -53,6 +53,8 @@ def add_modadd_parser(sub) -> None:
                    help="truncation relative to the largest eigenvalue (0: absolute cut only)")
     p.add_argument("--atol", type=float, default=1e-15, help="absolute truncation floor")
     p.add_argument("--ablation-dtype", choices=["float32", "float64"], default="float64")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="rows per batch (bounds the memory of Jacobians and attributions)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--figure", help="write the interaction graph with Fourier labels (PNG)")
     p.add_argument("--quiet", action="store_true")

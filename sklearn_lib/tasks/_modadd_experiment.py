@@ -45,7 +45,7 @@ def run_modadd_experiment(
     rtol: float = 1e-13,
     atol: float = 1e-15,
     ablation_dtype: str = "float64",
-    batch_size: int = 512,
+    batch_size: int = 256,
     resolution: float = 1.0,
     random_state: int = 0,
     verbose: bool = False,
