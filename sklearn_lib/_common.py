@@ -90,10 +90,6 @@ def check_finite(t: Tensor, what: str, start: int) -> None:
         )
 
 
-def to_numpy(t: Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
 def torch_generator(random_state) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded from a scikit-learn ``random_state``."""
     from sklearn.utils import check_random_state

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from sklearn.pipeline import make_pipeline
 
 from sklearn_lib._ablation import EdgeAblationSearch

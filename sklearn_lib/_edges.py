@@ -19,7 +19,7 @@ from sklearn_lib._common import (
     same_arrays,
     torch_generator,
 )
-from sklearn_lib._graph import InteractionGraph, check_graph
+from sklearn_lib._graph import check_graph
 from sklearn_lib._interaction import rademacher
 from sklearn_lib._segments import CompositeSegment, make_composite
 

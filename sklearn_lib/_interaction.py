@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from numbers import Integral
 
-import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval

@@ -36,24 +36,17 @@ class MomentAccumulator:
     def update(self, rows: Tensor) -> None:
         """Add ``Float[Tensor, "n d"]`` rows."""
         rows = rows.to(torch.float64)
-        n = rows.shape[0]
-        if n == 0:
+        if rows.shape[0] == 0:
             return
-        mean_b = rows.mean(0)
-        centred = rows - mean_b
-        scatter_b = centred.T @ centred
-        if self.count == 0:
-            self.count, self.mean, self.scatter = n, mean_b, scatter_b
-            return
-        if mean_b.shape != self.mean.shape:
+        if self.count and rows.shape[1] != self.mean.shape[0]:
             raise ValueError(
-                f"Rows have {mean_b.shape[0]} features but earlier batches had {self.mean.shape[0]}."
+                f"Rows have {rows.shape[1]} features but earlier batches had {self.mean.shape[0]}."
             )
-        total = self.count + n
-        delta = mean_b - self.mean
-        self.scatter = self.scatter + scatter_b + torch.outer(delta, delta) * (self.count * n / total)
-        self.mean = self.mean + delta * (n / total)
-        self.count = total
+        batch = MomentAccumulator()
+        batch.count, batch.mean = rows.shape[0], rows.mean(0)
+        centred = rows - batch.mean
+        batch.scatter = centred.T @ centred
+        self.merge(batch)
 
     def merge(self, other: "MomentAccumulator") -> None:
         """Fold another accumulator in (for data-parallel accumulation)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from conftest import random_mlp
 from hypothesis import given, settings

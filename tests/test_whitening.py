@@ -197,3 +197,22 @@ def test_fit_transform_equals_fit_then_transform(whiten):
     X3 = X.reshape(30, 3, 4)
     np.testing.assert_allclose(PCAWhitener(whiten=whiten).fit_transform(X3),
                                PCAWhitener(whiten=whiten).fit(X3).transform(X3), atol=1e-12)
+
+
+def test_moment_accumulators_merge_like_one_pass():
+    """Shards accumulated apart and merged (data-parallel) equal one pass over all rows."""
+    import torch
+
+    from sklearn_lib._linalg import MomentAccumulator
+
+    rows = torch.randn(300, 5, dtype=torch.float64) * 3 + 100.0  # a large mean
+    whole, a, b = MomentAccumulator(), MomentAccumulator(), MomentAccumulator()
+    whole.update(rows)
+    a.update(rows[:70])
+    b.update(rows[70:200])
+    b.update(rows[200:])
+    a.merge(b)
+    assert a.count == 300
+    torch.testing.assert_close(a.mean, rows.mean(0))
+    torch.testing.assert_close(a.covariance(), torch.cov(rows.T, correction=0))
+    torch.testing.assert_close(a.covariance(), whole.covariance())

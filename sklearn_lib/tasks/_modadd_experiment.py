@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 __all__ = ["MODADD_NODE_LAYERS", "modadd_adapter", "run_modadd_experiment"]
 
