@@ -91,5 +91,5 @@ def plot_interaction_graph(
     ax.set_xticks([])
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.set_title(title or f"{graph.basis.upper()} interaction graph")
+    ax.set_title(title or f"{graph.basis.upper()} interaction graph", pad=60 if feature_labels else 6)
     return ax

@@ -78,3 +78,8 @@ def test_fourier_terms_recover_a_known_mixture():
 def test_fourier_rejects_non_square_input():
     with pytest.raises(ValueError, match="p x p grid"):
         fourier_terms(np.ones(10))
+
+
+def test_fourier_label_of_a_constant_feature():
+    assert fourier_label(np.full(13 * 13, 2.5)) == "constant"
+    assert fourier_terms(np.full(13 * 13, 2.5) + 1e-16) == []

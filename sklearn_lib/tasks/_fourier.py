@@ -55,15 +55,16 @@ def fourier_terms(values: np.ndarray, modulus: int | None = None) -> list[tuple[
     if p * p != values.size:
         raise ValueError(f"Expected p * p values for a p x p grid; got {values.size} values.")
     grid = values.reshape(p, p)
+    scale = float(np.abs(grid).max())
     grid = grid - grid.mean()
     total = float((grid**2).mean())
-    if total <= 0.0:
+    if total <= (1e-12 * scale) ** 2:  # constant up to round-off
         return []
     power = np.abs(np.fft.fft2(grid) / (p * p)) ** 2  # Parseval: sums to total
     merged: dict[tuple[int, int], float] = {}
     for a in range(p):
         for b in range(p):
-            if power[a, b] == 0.0:
+            if (a, b) == (0, 0) or power[a, b] == 0.0:  # (0, 0) is the mean, removed
                 continue
             key = _canonical(a, b, p)
             merged[key] = merged.get(key, 0.0) + float(power[a, b]) / total
@@ -81,6 +82,8 @@ def fourier_label(values: np.ndarray, modulus: int | None = None, *, min_fractio
         ys = "" if b == 0 else (f"{abs(b)}y" if abs(b) != 1 else "y")
         sign = "+" if b > 0 and xs else ("-" if b < 0 else "")
         parts.append(f"{round(100 * frac)}% cos({xs}{sign}{ys})")
+    if not fourier_terms(values, modulus):
+        return "constant"
     return " + ".join(parts) if parts else "mixed"
 
 
@@ -90,11 +93,14 @@ def monosemanticity(values: np.ndarray, modulus: int | None = None) -> float:
     return terms[0][1] if terms else 0.0
 
 
-def grid_features(graph, modulus: int, *, position: int = -1, batch_size: int = 2048) -> dict:
+def grid_features(graph, modulus: int, *, position: int | None = None,
+                  batch_size: int = 2048) -> dict:
     """Basis features of every layer of a modular-addition graph on the full ``p x p`` grid.
 
-    Returns ``{layer: ndarray (p * p, n_features)}`` at ``position`` (default: the last one;
-    layers that keep only the last position have just that one). Feature 0 is the constant.
+    Returns ``{layer: ndarray (p * p, n_features)}``. For layers with several positions the
+    feature is summed over positions (``position=None``: at ``resid_pre`` position 0 carries x
+    and position 1 carries y, so the sum shows both) or read at one ``position``. Feature 0 is
+    the constant.
     """
     from sklearn_lib.tasks._modular_addition import modular_addition_grid
 
@@ -102,11 +108,12 @@ def grid_features(graph, modulus: int, *, position: int = -1, batch_size: int = 
     out = {}
     for layer in graph.layers:
         F = graph.features(layer, tokens, batch_size=batch_size)
-        out[layer] = F[:, position if F.shape[1] > 1 else 0, :]
+        out[layer] = F.sum(axis=1) if position is None else F[:, position, :]
     return out
 
 
-def feature_labels(graph, modulus: int, *, max_features: int = 20, position: int = -1) -> tuple[dict, dict]:
+def feature_labels(graph, modulus: int, *, max_features: int = 20,
+                   position: int | None = None) -> tuple[dict, dict]:
     """Fourier labels and monosemanticity of the first ``max_features`` features of each layer.
 
     Returns ``(labels, monosemanticity)``: ``labels[(layer, i)]`` is a string such as
