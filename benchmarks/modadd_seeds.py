@@ -21,7 +21,6 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "modadd_seeds.json"
 PAIR_NAMES = ["attention (resid_pre -> resid_mid)", "MLP (resid_mid -> resid_post)",
               "unembed (resid_post -> logits)"]
-PAPER = {"lib": {0: (133, 82)}, "gib": {0: (131, 82)}}
 
 
 def run(seeds, bases, ablation_dtype: str) -> dict:

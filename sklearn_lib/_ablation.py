@@ -19,16 +19,11 @@ from sklearn_lib._common import (
     same_arrays,
 )
 from sklearn_lib._graph import AblationResult, InteractionGraph, check_graph
-from sklearn_lib._segments import ablate_by_masks, make_composite
+from sklearn_lib._segments import make_composite
 
-__all__ = ["EdgeAblationSearch", "ablated_forward"]
+__all__ = ["EdgeAblationSearch"]
 
 _DEFAULT_TOLERANCE = {"accuracy": 1e-3, "loss": 0.1}
-
-
-def ablated_forward(F, z: torch.Tensor, masks: torch.Tensor, mask_chunk: int) -> torch.Tensor:
-    """``out[..., i] = F(z * masks[i])[..., i]`` (see :func:`sklearn_lib._segments.ablate_by_masks`)."""
-    return ablate_by_masks(F, z, masks, mask_chunk)
 
 
 def _metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> tuple[float, int]:
@@ -68,7 +63,8 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         (default 0.1).
     batch_size : int, default=1024
     mask_chunk : int, default=16
-        Distinct masks evaluated per vectorised forward pass (memory knob).
+        Distinct masks evaluated per vectorised forward pass (memory knob of the generic
+        path; an adapter's closed-form segments size their own chunks by memory).
     dtype : {"float32", "float64"}, default="float64"
     device : str or torch.device, default="cpu"
     verbose : bool, default=False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sklearn_lib._modadd_cli import add_modadd_parser
+
 
 def _demo(args: argparse.Namespace) -> int:
     from sklearn_lib._demo import run_demo
@@ -25,12 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo)
-    try:
-        from sklearn_lib._modadd_cli import add_modadd_parser
-    except ImportError:  # pragma: no cover - the modular-addition command is optional
-        pass
-    else:
-        add_modadd_parser(sub)
+    add_modadd_parser(sub)
     return parser
 
 

@@ -21,7 +21,7 @@ from sklearn_lib._common import (
 )
 from sklearn_lib._graph import check_graph
 from sklearn_lib._interaction import rademacher
-from sklearn_lib._segments import CompositeSegment, make_composite
+from sklearn_lib._segments import make_composite
 
 __all__ = ["IGEdgeScorer", "quadrature"]
 
@@ -205,19 +205,13 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
     def _attributions(self, F, z, alphas, weights, generator, dtype, device) -> torch.Tensor:
         """``A`` of shape (batch, S, n_out, n_in); S output positions or stochastic sources.
 
-        ``F`` is a :class:`CompositeSegment` (or any batched map, wrapped into one).
+        ``F`` is a :class:`CompositeSegment` (or an adapter's closed-form one).
         """
-        if not isinstance(F, CompositeSegment) and not hasattr(F, "jacobian"):
-            with torch.no_grad():
-                n_out = F(z[:1]).shape[-1]
-            eye_in = torch.eye(z.shape[-1], dtype=z.dtype, device=z.device)
-            eye_out = torch.eye(n_out, dtype=z.dtype, device=z.device)
-            F = CompositeSegment(F, eye_in, eye_out, self.chunk_size)
-        with torch.no_grad():
-            t_out = F(z[:1]).shape[1]
         R = self.n_stochastic_sources
         sources = None
         if R is not None:
+            with torch.no_grad():
+                t_out = F(z[:1]).shape[1]
             sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
         jbar = None
         for alpha, w in zip(alphas.tolist(), weights.tolist()):

@@ -141,10 +141,10 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
             f = adapter.activations(xb, [layer], dtype=dtype, device=device)[layer]
             check_finite(f, f"Activations of layer {layer!r}", start)
             z = f @ P.T
-            with torch.no_grad():
-                t_out = G(z[:1]).shape[1]
             sources = None
             if R is not None:
+                with torch.no_grad():
+                    t_out = G(z[:1]).shape[1]
                 sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
             jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
             check_finite(jac, f"Jacobians at layer {layer!r}", start)

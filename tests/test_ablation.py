@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from torch import nn
 
 from sklearn_lib import EdgeAblationSearch, IGEdgeScorer, LocalInteractionBasis
-from sklearn_lib._ablation import ablated_forward
+from sklearn_lib._segments import ablate_by_masks as ablated_forward
 from sklearn_lib.adapters import MLPAdapter
 
 POSITIONS = [0, 2, 4, 5]  # node layers input, "1", "3", "4" of a Linear-act-Linear-act-Linear

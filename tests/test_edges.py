@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from sklearn_lib import IGEdgeScorer, LocalInteractionBasis, PCAWhitener, quadrature
+from sklearn_lib._segments import CompositeSegment
 from sklearn_lib.adapters import MLPAdapter
 
 F64 = dict(dtype=torch.float64, device=torch.device("cpu"))
@@ -116,9 +117,7 @@ def _library_attributions(graph, p, integration, n_steps, **kw):
     C_in, C_in_pinv = (torch.as_tensor(a) for a in (graph.bases[p].C, graph.bases[p].C_pinv))
     C_out = torch.as_tensor(graph.bases[p + 1].C)
 
-    def F(z):
-        return seg(z @ C_in_pinv.T) @ C_out.T
-
+    F = CompositeSegment(seg, C_in_pinv, C_out)
     f = graph.adapter.activations(graph.X, [graph.layers[p]], **F64)[graph.layers[p]]
     z = f @ C_in.T
     A = scorer._attributions(F, z, alphas, weights, torch.Generator().manual_seed(0),
