@@ -13,15 +13,14 @@ from tqdm.auto import tqdm
 
 from sklearn_lib._common import (
     check_finite,
-    iter_batches,
     resolve_device,
     resolve_dtype,
-    same_arrays,
     torch_generator,
 )
 from sklearn_lib._graph import check_graph
 from sklearn_lib._interaction import rademacher
 from sklearn_lib._segments import make_composite
+from sklearn_lib._stream import ActivationStream, batch_generator, check_same_graph, n_samples
 
 __all__ = ["IGEdgeScorer", "quadrature"]
 
@@ -184,21 +183,25 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         sums = [torch.zeros(b.n_features, a.n_features, dtype=torch.float64)
                 for a, b in zip(graph.bases[:-1], graph.bases[1:])]
         counts = [0 for _ in pairs]
-        n_batches = -(-X.shape[0] // self.batch_size)
-        for start, xb in tqdm(iter_batches(X, self.batch_size), total=n_batches,
-                              desc="IG edges", disable=not self.verbose):
-            acts = adapter.activations(xb, layers[:-1], dtype=dtype, device=device)
+        # Sources are drawn per batch from (seed, batch index): the same in any sharding.
+        seed = (None if self.n_stochastic_sources is None
+                else int(torch.randint(2**62, (1,), generator=generator)))
+        stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
+                                  device=device, verbose=self.verbose)
+        inputs = layers[:-1]
+        for batch in stream.batches(inputs, projections=dict(zip(inputs, C)), desc="IG edges"):
+            generator = batch_generator(seed, batch.index)
             for p in pairs:
-                f = acts[layers[p]]
-                check_finite(f, f"Activations of layer {layers[p]!r}", start)
-                z = f @ C[p].T
+                z = batch.z[layers[p]]
                 A = self._attributions(fns[p], z, alphas, weights, generator, dtype, device)
-                check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", start)
+                check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", batch.start)
                 sums[p] += (A.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
                 counts[p] += z.shape[0] * z.shape[1]  # N T, T = positions of layer l
+        sums = stream.reduce_sum(*sums)
+        counts = stream.reduce_sum(torch.tensor(counts, dtype=torch.float64))[0].tolist()
         self.edges_ = tuple((s / c).sqrt().numpy() for s, c in zip(sums, counts))
         self.pairs_ = graph.pairs
-        self.n_samples_ = X.shape[0]
+        self.n_samples_ = n_samples(X)
         self._bases = graph.bases
         return self
 
@@ -234,11 +237,9 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "edges_")
         graph = check_graph(X, type(self).__name__)
-        if not same_arrays([b.C for b in graph.bases], [b.C for b in self._bases]):
-            raise ValueError(
-                "This graph's bases differ from the ones IGEdgeScorer was fitted on; refit the "
-                "scorer on this graph (edges belong to one basis)."
-            )
+        check_same_graph([b.C for b in graph.bases], [b.C for b in self._bases], what="bases",
+                         owner=type(self).__name__,
+                         hint="refit the scorer on this graph (edges belong to one basis).")
         return graph.replace(edges=self.edges_)
 
     def fit_transform(self, X, y=None):

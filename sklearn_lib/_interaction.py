@@ -15,12 +15,12 @@ from sklearn_lib._common import (
     check_adapter,
     check_finite,
     check_layers,
-    iter_batches,
     resolve_device,
     resolve_dtype,
 )
 from sklearn_lib._graph import InteractionGraph
 from sklearn_lib._segments import make_composite
+from sklearn_lib._stream import ActivationStream, batch_generator, check_data
 from sklearn_lib._linalg import LayerBasis, rotate_basis
 from sklearn_lib._whitening import _BASIS_PARAMS, fit_pca_bases
 
@@ -93,9 +93,13 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         """
         adapter = check_adapter(self.adapter, type(self).__name__)
         layers = check_layers(adapter, self.layers, type(self).__name__)
-        X = adapter.check_input(X)
+        X = check_data(adapter, X, type(self).__name__)
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
         generator = torch_generator(self.random_state)
+        # One stream for every LIB layer: its activations are kept between layers when they
+        # fit the stream's memory budget.
+        stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
+                                  device=device, keep=layers[:-1], verbose=self.verbose)
         pca = fit_pca_bases(
             adapter, X, layers, whiten=True, rotate_final=self.rotate_final, rtol=self.rtol,
             atol=self.atol, batch_size=self.batch_size, dtype=dtype, device=device,
@@ -112,7 +116,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
                 torch.as_tensor(target.C, dtype=dtype, device=device), dtype=dtype,
                 device=device, chunk_size=self.chunk_size,
             )
-            gram = self._jacobian_gram(adapter, X, layers[l], pca[l], G, dtype, device,
+            gram = self._jacobian_gram(adapter, stream, layers[l], pca[l], G, dtype, device,
                                        generator)
             bases[l] = rotate_basis(pca[l], gram, rtol=self.rtol, atol=self.atol)
         self.bases_ = bases
@@ -130,27 +134,30 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         the positions of ``layer`` (the reference implementation's convention; it only scales
         ``M``). Accumulated in float64.
         """
+        if not isinstance(X, ActivationStream):
+            X = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
+                                 device=device, verbose=self.verbose)
         P = torch.as_tensor(pca.C, dtype=dtype, device=device)
         n_fixed, k = pca.n_fixed, pca.n_components
         R = self.n_stochastic_sources
+        # Sources are drawn per batch from (seed, batch index): the same in any sharding.
+        seed = None if R is None else int(torch.randint(2**62, (1,), generator=generator))
         gram = torch.zeros(k, k, dtype=torch.float64, device=device)
         count = 0
-        n_batches = -(-X.shape[0] // self.batch_size)
-        for start, xb in tqdm(iter_batches(X, self.batch_size), total=n_batches, leave=False,
-                              desc=f"Jacobians at {layer}", disable=not self.verbose):
-            f = adapter.activations(xb, [layer], dtype=dtype, device=device)[layer]
-            check_finite(f, f"Activations of layer {layer!r}", start)
-            z = f @ P.T
+        for batch in X.batches([layer], projections={layer: P}, desc=f"Jacobians at {layer}"):
+            z = batch.z[layer]
             sources = None
             if R is not None:
                 with torch.no_grad():
                     t_out = G(z[:1]).shape[1]
-                sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
+                sources = rademacher(batch_generator(seed, batch.index), (z.shape[0], R, t_out),
+                                     dtype, device)
             jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
-            check_finite(jac, f"Jacobians at layer {layer!r}", start)
+            check_finite(jac, f"Jacobians at layer {layer!r}", batch.start)
             gram += torch.einsum("bsitj,bsitk->jk", jac, jac)
             count += z.shape[0] * z.shape[1]
-        return gram.cpu() / count
+        gram, count = X.reduce_sum(gram, torch.tensor(float(count), dtype=torch.float64))
+        return gram.cpu() / float(count)
 
     def transform(self, X):
         """The :class:`InteractionGraph` of these model inputs in the fitted bases.
@@ -165,7 +172,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         graph : InteractionGraph
         """
         check_is_fitted(self, "bases_")
-        X = self.adapter.check_input(X)
+        X = check_data(self.adapter, X, type(self).__name__)
         return InteractionGraph(
             layers=self.layers_, bases=tuple(self.bases_), basis=self._basis_name,
             adapter=self.adapter, X=X,
