@@ -142,7 +142,7 @@ def _raw_batches(X: Any, batch_size: int, batches: range) -> Iterator[tuple[int,
         if isinstance(X, Dataset):
             yield index, lo, _collate([X[i] for i in range(lo, hi)])
         elif isinstance(X, np.memmap):
-            yield index, lo, np.asarray(X[lo:hi])  # reads this slice only
+            yield index, lo, np.array(X[lo:hi])  # reads (copies) this slice only
         else:
             yield index, lo, X[lo:hi]
 
