@@ -152,9 +152,13 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
                     t_out = G(z[:1]).shape[1]
                 sources = rademacher(batch_generator(seed, batch.index), (z.shape[0], R, t_out),
                                      dtype, device)
-            jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
-            check_finite(jac, f"Jacobians at layer {layer!r}", batch.start)
-            gram += torch.einsum("bsitj,bsitk->jk", jac, jac)
+            if hasattr(G, "jacobian_gram"):  # closed forms skip forming the Jacobians
+                part = G.jacobian_gram(z, sources, n_fixed)
+            else:
+                jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
+                part = torch.einsum("bsitj,bsitk->jk", jac, jac)
+            check_finite(part, f"Jacobians at layer {layer!r}", batch.start)
+            gram += part
             count += z.shape[0] * z.shape[1]
         gram, count = X.reduce_sum(gram, torch.tensor(float(count), dtype=torch.float64))
         return gram.cpu() / float(count)

@@ -65,6 +65,17 @@ class CompositeSegment:
         return batched_jacobian(mixed, z, sources, out_numel=R * n_out,
                                 chunk_size=self.chunk_size)
 
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
+                      start: int = 0) -> Tensor:
+        """``sum_{b,s,i,t} J_(i,s),(j,t) J_(i,s),(j',t)`` over the batch, float64.
+
+        ``j, j' >= start`` (the fixed coordinates left out): the batch's share of the
+        Jacobian Gram matrix ``M`` of LIB (DESIGN.md section 5). Closed forms may override it
+        without forming the Jacobians.
+        """
+        jac = self.jacobian(z, sources)[..., start:].to(torch.float64)  # (B, S, n_out, T, k)
+        return torch.einsum("bsitj,bsitk->jk", jac, jac)
+
     def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
         """``out[..., i] = G(z * masks[i])[..., i]``, one forward pass per distinct mask.
 

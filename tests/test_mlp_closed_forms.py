@@ -205,3 +205,24 @@ def test_chained_transformer_jacobian_equals_generic_span(last_only):
     z = torch.einsum("btd,dn->btn", acts[layers[0]], torch.linalg.pinv(in_map).T)
     torch.testing.assert_close(chained(z), generic(z), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(chained.jacobian(z), generic.jacobian(z), rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), start=st.integers(0, 2),
+       act=st.sampled_from(ACTIVATIONS + [nn.Identity]))
+def test_closed_form_jacobian_gram_equals_generic(seed, start, act):
+    """The Gram matrix of the Jacobians without forming them equals the einsum over J."""
+    model = random_mlp([3, 5, 2], act, seed=seed % 50)
+    adapter = MLPAdapter(model)
+    in_map, out_map = maps(3, 5, 4, 3, seed)
+    fast, generic = both(adapter, "input", in_map, out_map)
+    z = points(4, seed, batch=9)
+    sources = torch.ones(9, 2, 1, dtype=torch.float64)
+    sources[:, 1] = -1.0
+    expected = generic.jacobian_gram(z, None, start)
+    torch.testing.assert_close(fast.jacobian_gram(z, None, start), expected, rtol=1e-10,
+                               atol=1e-10)
+    torch.testing.assert_close(fast.jacobian_gram(z, sources, start), expected, rtol=1e-10,
+                               atol=1e-10)
+    torch.testing.assert_close(generic.jacobian_gram(z, sources, start), expected, rtol=1e-10,
+                               atol=1e-10)
