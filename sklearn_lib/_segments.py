@@ -169,10 +169,28 @@ def make_composite(adapter, layers: list[str], in_map: Tensor, out_map: Tensor, 
             links.append(_single(adapter, layers[k], seg, a, b, dtype=dtype, device=device,
                                  chunk_size=chunk_size))
             d_in = d_out
-        return ChainedComposite(links)
+        # A linear last link (an output layer) folds into the out_map of the one before, so
+        # no Jacobian is formed in the wide activation coordinates of the layer between.
+        while len(links) > 1 and _foldable(links[-2], links[-1]):
+            k = len(links) - 2
+            seg = adapter.segment(layers[k], dtype=dtype, device=device)
+            links[k:] = [_single(adapter, layers[k], seg, links[k].in_map, links[-1].Gmat,
+                                 dtype=dtype, device=device, chunk_size=chunk_size)]
+        return links[0] if len(links) == 1 else ChainedComposite(links)
     seg = adapter.segment(layers[0], dtype=dtype, device=device)
     return _single(adapter, layers[0], seg, in_map, out_map, dtype=dtype, device=device,
                    chunk_size=chunk_size)
+
+
+def _foldable(before: CompositeSegment, linear: CompositeSegment) -> bool:
+    """Whether ``linear`` is a constant matrix ``Gmat`` that can become ``before``'s out_map.
+
+    A link that keeps only the last position can be folded only where the link before it
+    already outputs one position (it keeps the last position too).
+    """
+    if not isinstance(getattr(linear, "Gmat", None), Tensor):
+        return False
+    return not getattr(linear, "last", False) or bool(getattr(before, "last", False))
 
 
 def _single(adapter, layer: str, seg, in_map: Tensor, out_map: Tensor, *,

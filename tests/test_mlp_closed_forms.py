@@ -226,3 +226,30 @@ def test_closed_form_jacobian_gram_equals_generic(seed, start, act):
                                atol=1e-10)
     torch.testing.assert_close(generic.jacobian_gram(z, sources, start), expected, rtol=1e-10,
                                atol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("last_only", [False, True])
+def test_transformer_mlp_jacobian_gram_equals_generic(last_only):
+    """The transformer MLP sublayer's closed-form Gram (residual in L0) equals the einsum."""
+    tl = pytest.importorskip("transformer_lens")
+    from sklearn_lib.adapters import HookedTransformerAdapter
+
+    cfg = tl.HookedTransformerConfig(
+        n_layers=1, d_model=8, d_head=4, n_heads=2, d_mlp=12, n_ctx=3, d_vocab=7,
+        act_fn="gelu", normalization_type=None, seed=0, dtype=torch.float64, device="cpu",
+        initializer_range=0.4)
+    kw = {"last_position_from": "blocks.0.hook_resid_mid"} if last_only else {}
+    adapter = HookedTransformerAdapter(tl.HookedTransformer(cfg).eval(), **kw)
+    layer = "blocks.0.hook_resid_mid"
+    in_map, out_map = maps(8, 8, 6, 5, seed=3)
+    fast = adapter.composite_segment(layer, in_map, out_map, **F64)
+    generic = CompositeSegment(adapter.segment(layer, **F64), in_map, out_map)
+    gen = torch.Generator().manual_seed(4)
+    z = torch.randn(5, 3, 6, generator=gen, dtype=torch.float64)
+    t_out = 1 if last_only else 3
+    sources = (2 * torch.randint(0, 2, (5, 2, t_out), generator=gen) - 1).to(torch.float64)
+    expected = generic.jacobian_gram(z, None, 1)
+    for s in (None, sources):
+        torch.testing.assert_close(fast.jacobian_gram(z, s, 1), expected, rtol=1e-10,
+                                   atol=1e-10)
