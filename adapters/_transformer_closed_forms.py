@@ -241,6 +241,14 @@ class UnembedComposite(_FoldedComposite):
         masks = masks.to(dtype=z.dtype, device=z.device)
         return z[:, self._positions(z.shape[1])] @ (masks * self.Gmat).T
 
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
+                      start: int = 0) -> Tensor:
+        """``rows * Gmat^T Gmat`` on columns ``>= start`` (float64): every row has Jacobian
+        ``Gmat``; the map is position-wise, so +-1 sources leave the sum unchanged."""
+        rows = z.shape[0] * (1 if self.last else z.shape[1])
+        G = self.Gmat[:, start:].to(torch.float64)
+        return rows * (G.T @ G)
+
 
 # -- MLP ---------------------------------------------------------------------------------------
 class MLPComposite(_FoldedComposite):

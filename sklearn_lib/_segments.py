@@ -73,8 +73,9 @@ class CompositeSegment:
         Jacobian Gram matrix ``M`` of LIB (DESIGN.md section 5). Closed forms may override it
         without forming the Jacobians.
         """
-        jac = self.jacobian(z, sources)[..., start:].to(torch.float64)  # (B, S, n_out, T, k)
-        return torch.einsum("bsitj,bsitk->jk", jac, jac)
+        jac = self.jacobian(z, sources)[..., start:]  # (B, S, n_out, T, k)
+        rows = jac.to(torch.float64).reshape(-1, jac.shape[-1])  # contiguous: one GEMM
+        return rows.T @ rows
 
     def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
         """``out[..., i] = G(z * masks[i])[..., i]``, one forward pass per distinct mask.

@@ -75,6 +75,8 @@ def test_output_segment_is_linear_and_equals_generic():
     z = points(7, 1)
     torch.testing.assert_close(fast(z), generic(z), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fast.jacobian(z), generic.jacobian(z), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.jacobian_gram(z, None, 1), generic.jacobian_gram(z, None, 1),
+                               rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=20, deadline=None)
