@@ -537,6 +537,10 @@ class ModuleAdapter:
         gm = fx.GraphModule(self.model, self._graph)
 
         class _Recorder(fx.Interpreter):
+            def call_module(self, target, args, kwargs):
+                # forward, not __call__: the trace does not see hooks, so neither do the shapes.
+                return self.fetch_attr(target).forward(*args, **kwargs)
+
             def run_node(self, n):
                 out = super().run_node(n)
                 if isinstance(out, Tensor):
@@ -684,6 +688,8 @@ class ModuleAdapter:
         for layer in layers:
             self._node_of(layer)
         X = self.check_input(X)
+        if not layers:
+            return {}
         device = torch.device(device)
         self._record_shapes(tuple(X.shape[1:]))
         x = torch.as_tensor(X).to(device=device, dtype=dtype)
