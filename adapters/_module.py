@@ -517,7 +517,8 @@ class ModuleAdapter:
 
     def __repr__(self) -> str:
         return (f"ModuleAdapter(model={type(self.model).__name__}, "
-                f"node_layers={list(self.node_layers)}, metric={self.default_metric!r})")
+                f"node_layers={list(getattr(self, 'node_layers', []))}, "
+                f"metric={self.default_metric!r})")
 
     # -- shapes ----------------------------------------------------------------------------
     def _param_dtype(self) -> torch.dtype:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import doctest
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,6 +437,19 @@ def test_check_input_errors(X, match):
     adapter = ModuleAdapter(random_mlp([4, 5, 3]), ["input", "2"], example_input=np.zeros((1, 4)))
     with pytest.raises(ValueError, match=match):
         adapter.check_input(X)
+
+
+def test_docs_example_runs():
+    """The code in docs/module_adapter.md runs as written."""
+    text = (Path(__file__).parents[1] / "docs" / "module_adapter.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/module_adapter.md", "exec"), namespace)
+    graph = namespace["graph"]
+    assert graph.layers == ("input", "embed", "blocks.0", "blocks.1", "head")
+    assert all(r.score_at_needed >= r.base_score - r.tolerance for r in graph.ablation)
 
 
 def test_doctests():
