@@ -93,7 +93,6 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.module_outputs: dict[str, fx.Node | None] = {}
-        self.module_types: dict[str, str] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, _SUPPORTED) or super().is_leaf_module(m, module_qualified_name)
@@ -104,7 +103,6 @@ class _Tracer(fx.Tracer):
         node = out.node if isinstance(out, fx.Proxy) else None
         # A module called twice has no single output: mark it as ambiguous.
         self.module_outputs[name] = None if name in self.module_outputs else node
-        self.module_types[name] = type(m).__name__
         return out
 
 
@@ -295,7 +293,6 @@ class ModuleAdapter:
         self._nodes = list(graph.nodes)
         self._index = {n: i for i, n in enumerate(self._nodes)}
         self._module_outputs = tracer.module_outputs
-        self._module_types = tracer.module_types
         placeholders = [n for n in self._nodes if n.op == "placeholder"]
         if len(placeholders) != 1:
             raise ValueError(
@@ -345,7 +342,8 @@ class ModuleAdapter:
     def _module(self, node: fx.Node) -> nn.Module:
         return self.model.get_submodule(node.target)
 
-    def _unsupported(self, node: fx.Node, what: str) -> ValueError:
+    @staticmethod
+    def _unsupported(what: str) -> ValueError:
         return ValueError(
             f"ModuleAdapter cannot fold biases through {what}; supported: {_SUPPORTED_TEXT}. "
             "Write an adapter (docs/adapters.md)."
@@ -357,15 +355,15 @@ class ModuleAdapter:
             cls = _supported_class(module)
             if cls is None:
                 raise self._unsupported(
-                    node, f"module {node.target!r} of type {type(module).__name__}"
+                    f"module {node.target!r} of type {type(module).__name__}"
                     + (" (its forward overrides the supported class's)"
                        if isinstance(module, _SUPPORTED) else ""))
             _check_eval(module, node.target)
             if getattr(module, "return_indices", False):
-                raise self._unsupported(node, f"module {node.target!r} with return_indices=True")
+                raise self._unsupported(f"module {node.target!r} with return_indices=True")
             if isinstance(module, _BATCHNORMS) and module.running_mean is None:
                 raise self._unsupported(
-                    node, f"module {node.target!r} without running statistics "
+                    f"module {node.target!r} without running statistics "
                     "(track_running_stats=False normalises by batch statistics)")
             return
         target = node.target
@@ -380,15 +378,15 @@ class ModuleAdapter:
                                        or node.args[0] is dep_args[0]):
                 return
             raise self._unsupported(
-                node, f"{_label(node)} (a product or quotient of two activations, or division "
+                f"{_label(node)} (a product or quotient of two activations, or division "
                 "by an activation)")
         if target in _FN_ACTIVATIONS or target in _RESHAPE or target in (
                 "contiguous", operator.getitem):
             if target == operator.getitem and any(
                     isinstance(a, fx.Node) and a in self._dep for a in node.args[1:]):
-                raise self._unsupported(node, f"{_label(node)} (indexing by an activation)")
+                raise self._unsupported(f"{_label(node)} (indexing by an activation)")
             return
-        raise self._unsupported(node, _label(node))
+        raise self._unsupported(_label(node))
 
     def _layout_of(self, node: fx.Node) -> str:
         if node.op == "call_module":
@@ -468,7 +466,6 @@ class ModuleAdapter:
 
     def _check_cuts(self) -> None:
         """Every node layer must separate the model input from the output in the data graph."""
-        downstream_of = {}
         for name in self.node_layers:
             cut = self._layer_nodes[name]
             if cut is self._input:
@@ -483,7 +480,6 @@ class ModuleAdapter:
             for node in self._nodes:
                 if any(a in below for a in self._data_inputs(node)):
                     below.add(node)
-            downstream_of[name] = below
             if self._output not in below:
                 raise ValueError(
                     f"Node layer {name!r} is not a causal cut: the model output does not depend "
@@ -496,10 +492,17 @@ class ModuleAdapter:
                 )
                 raise ValueError(
                     f"Node layer {name!r} is not a causal cut: {_label(skip[1])} reads "
-                    f"{skip[0].name!r}, which reaches it without passing through {name!r} (a "
+                    f"{self._value_name(skip[0])}, which reaches it without passing through {name!r} (a "
                     "residual or skip connection jumps over it). Choose node layers on the "
                     "residual stream, e.g. the output of the enclosing block."
                 )
+
+    def _value_name(self, node: fx.Node) -> str:
+        if node is self._input:
+            return "the model input"
+        if node.op == "call_module":
+            return repr(node.target)
+        return f"the output of {_label(node)}"
 
     def _norms_fed_by(self, name: str) -> list[fx.Node]:
         """Norm modules reading node layer ``name`` directly: their scale is carried with it.
@@ -553,12 +556,13 @@ class ModuleAdapter:
                 _Recorder(gm).run(x)
         except Exception as exc:
             raise ValueError(
-                f"The model fails on inputs of shape (n_samples, *{sample_shape}) "
+                f"The model fails on inputs of shape (n_samples, "
+                f"{', '.join(map(str, sample_shape))}) "
                 f"({type(exc).__name__}: {exc}); check the input shape."
             ) from exc
         for node, shape in shapes.items():
             if node in self._dep and (len(shape) == 0 or shape[0] != 2):
-                raise self._unsupported(node, f"{_label(node)} (it mixes or drops the batch "
+                raise self._unsupported(f"{_label(node)} (it mixes or drops the batch "
                                               "dimension)")
         self._shapes = {n: s[1:] for n, s in shapes.items()}
         self.input_shape_ = tuple(sample_shape)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
 from torch import nn
-from torch.func import jacrev
+from torch.func import jacfwd, jacrev
 
 from sklearn_lib import EdgeAblationSearch, IGEdgeScorer, LocalInteractionBasis, quadrature
 from sklearn_lib._segments import CompositeSegment
@@ -102,7 +102,7 @@ def layernorm_mlp(seed=0):
 
 def bn_pool_cnn(seed=0):
     return _init(nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(3), nn.ReLU(),
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
         nn.MaxPool2d(2), nn.Conv2d(3, 4, 1), nn.AvgPool2d(2), nn.Flatten(),
         nn.BatchNorm1d(4), nn.Dropout(0.5), nn.Linear(4, 2),
     ), seed)
@@ -210,6 +210,23 @@ def test_reproduces_model_and_its_module_outputs(case):
                                    rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "circular"])
+def test_conv_padding_modes(mode):
+    # (Jacobians through these paddings are not taken here: torch's first one costs seconds.)
+    model = _init(nn.Sequential(nn.Conv1d(2, 3, 3, padding=1, padding_mode=mode), nn.Tanh(),
+                                nn.AdaptiveAvgPool1d(2), nn.Flatten(), nn.Linear(6, 2)), 1)
+    X = np.random.default_rng(0).normal(size=(5, 2, 6))
+    adapter = ModuleAdapter(model, ["input", "1", "2", "4"], example_input=X)
+    acts = adapter.activations(X, adapter.node_layers, **F64)
+    assert acts["1"].shape == (5, 6, 4) and acts["2"].shape == (5, 2, 4)
+    with torch.no_grad():
+        np.testing.assert_allclose(chain(adapter, acts["input"])[:, 0, 1:].numpy(),
+                                   model(torch.as_tensor(X)).numpy(), rtol=1e-10, atol=1e-10)
+        for layer in adapter.node_layers[:-1]:
+            seg = adapter.segment(layer, **F64)
+            np.testing.assert_array_equal(seg(torch.zeros_like(acts[layer])).numpy(), 0.0)
+
+
 def test_conv_positions_are_spatial_locations_row_major():
     model, adapter, X = build("cnn")
     acts = adapter.activations(X, ["input", "1", "3"], **F64)
@@ -312,6 +329,9 @@ def test_segment_jacobians_equal_jacrev_of_the_plain_model(case):
             J_plain = J_plain.reshape(*io.shape, *ii.shape)
             f = acts[a][n]
             J = jacrev(lambda v: seg(v[None])[0])(f)  # (P_out, D_out, P_in, D_in)
+            # Forward mode (used when a layer is narrower than the next) agrees.
+            np.testing.assert_allclose(jacfwd(lambda v: seg(v[None])[0])(f).numpy(), J.numpy(),
+                                       rtol=1e-12, atol=1e-13)
             d_in, d_out = ii.shape[1], io.shape[1]
             J_feat = J[:, 1 : 1 + d_out, :, 1 : 1 + d_in]
             if a in norms:  # the carried scale also moves with the features: chain rule
@@ -596,7 +616,7 @@ def test_model_structure_errors():
     with pytest.raises(ValueError, match=r"'reshape' in the model's forward \(it mixes or drops "
                                          "the batch dimension"):
         ModuleAdapter(flat, ["input", "fc"], example_input=np.zeros((2, 2)))
-    with pytest.raises(ValueError, match=r"fails on inputs of shape \(n_samples, \*\(3,\)\)"):
+    with pytest.raises(ValueError, match=r"fails on inputs of shape \(n_samples, 3\) \(RuntimeError"):
         ModuleAdapter(nn.Sequential(nn.Flatten(), nn.Linear(2, 2)), ["input", "1"],
                       example_input=np.zeros((2, 3)))
     norm2d = nn.Sequential(nn.Linear(3, 6), nn.Unflatten(1, (2, 3)), nn.LayerNorm((2, 3)))
@@ -643,3 +663,20 @@ def test_constants_added_and_scaled_are_folded():
                                    rtol=1e-12)
     seg = adapter.segment("input", **F64)
     np.testing.assert_array_equal(seg(torch.zeros_like(f["input"])).numpy(), 0.0)
+
+
+def test_float32_and_float32_models():
+    model, adapter, X = build("residual-layernorm")
+    f64 = adapter.activations(X, adapter.node_layers, **F64)
+    f32 = adapter.activations(X, adapter.node_layers, dtype=torch.float32, device="cpu")
+    for layer in adapter.node_layers:
+        assert f32[layer].dtype == torch.float32
+        np.testing.assert_allclose(f32[layer].numpy(), f64[layer].numpy(), rtol=1e-4, atol=1e-5)
+    # A float32 model, computed in float64: the first-batch check tolerates float32 rounding.
+    model32 = small_cnn().float()
+    X = np.random.default_rng(0).normal(size=(6, 2, 5, 5)).astype(np.float32)
+    adapter = ModuleAdapter(model32, ["input", "3", "5"])
+    out = adapter.activations(X, ["5"], **F64)["5"][:, 0, 1:]
+    with torch.no_grad():
+        np.testing.assert_allclose(out.numpy(), model32(torch.as_tensor(X)).numpy(), rtol=1e-5,
+                                   atol=1e-5)
