@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
 from torch import nn
+from torch.nn import functional as F
 from torch.func import jacfwd, jacrev
 
 from sklearn_lib import EdgeAblationSearch, IGEdgeScorer, LocalInteractionBasis, quadrature
@@ -680,3 +681,37 @@ def test_float32_and_float32_models():
     with torch.no_grad():
         np.testing.assert_allclose(out.numpy(), model32(torch.as_tensor(X)).numpy(), rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_functional_ops_reshapes_and_shape_queries():
+    """``view(x.size(0), -1)``, ``reshape(x.shape[0], ...)``, ``torch.flatten``, indexing,
+    ``torch.add(..., alpha=)``, ``torch.sub`` and functional activations, traced and folded."""
+
+    def body(s, x):  # x: (batch, 2, 3, 4)
+        h = s.conv(x)  # (batch, 3, 3, 4)
+        h = torch.add(h, F.leaky_relu(h, 0.2), alpha=0.5)
+        h = h.view(h.size(0), -1)  # (batch, 36)
+        h = torch.sub(s.fc(h), F.gelu(s.fc(h)))  # (batch, 6)
+        h = h.reshape(h.shape[0], 2, 3)  # features last: 2 positions of 3
+        h = F.elu(s.fc2(h))[:, -1]  # the last position: (batch, 3)
+        out = torch.flatten(h.tanh(), 1)
+        return out + s.fc3(x[:, 0, 0].relu()) if s.skip else out
+
+    model = _init(Wrap(body, conv=nn.Conv2d(2, 3, 1), fc=nn.Linear(36, 6), fc2=nn.Linear(3, 3),
+                       fc3=nn.Linear(4, 3)), 2)
+    model.skip = False
+    X = np.random.default_rng(2).normal(size=(7, 2, 3, 4))
+    adapter = ModuleAdapter(model, ["input", "conv", "fc2", "output"], example_input=X)
+    acts = adapter.activations(X, adapter.node_layers, **F64)
+    assert acts["conv"].shape == (7, 12, 4) and acts["fc2"].shape == (7, 2, 4)
+    with torch.no_grad():
+        np.testing.assert_allclose(acts["output"][:, 0, 1:].numpy(),
+                                   model(torch.as_tensor(X)).numpy(), rtol=1e-10, atol=1e-10)
+    for layer in adapter.node_layers[:-1]:
+        seg = adapter.segment(layer, **F64)
+        np.testing.assert_array_equal(seg(torch.zeros_like(acts[layer])).numpy(), 0.0)
+    # With fc3 reading the input directly, "conv" is not a cut.
+    model.skip = True
+    with pytest.raises(ValueError, match="'conv' is not a causal cut: 'add' in the model's "
+                                         "forward reads 'fc3'"):
+        ModuleAdapter(model, ["input", "conv", "output"])
