@@ -1,4 +1,4 @@
-"""Adapter for any traceable torch module: node layers named by module path, segments by ``torch.fx``.
+"""Adapter for any traceable torch module: node layers by module path, segments by ``torch.fx``.
 
 The model is traced once with :mod:`torch.fx` (``symbolic_trace``). A node layer is the output
 of a module, named by its dotted path in ``model.named_modules()`` (``"blocks.0"``,
@@ -492,9 +492,9 @@ class ModuleAdapter:
                 )
                 raise ValueError(
                     f"Node layer {name!r} is not a causal cut: {_label(skip[1])} reads "
-                    f"{self._value_name(skip[0])}, which reaches it without passing through {name!r} (a "
-                    "residual or skip connection jumps over it). Choose node layers on the "
-                    "residual stream, e.g. the output of the enclosing block."
+                    f"{self._value_name(skip[0])}, which reaches it without passing through "
+                    f"{name!r} (a residual or skip connection jumps over it). Choose node layers "
+                    "on the residual stream, e.g. the output of the enclosing block."
                 )
 
     def _value_name(self, node: fx.Node) -> str:

@@ -50,20 +50,20 @@ def _init(model: nn.Module, seed: int) -> nn.Module:
 class Block(nn.Module):
     """``x + mlp(norm(x))`` (pre-norm residual block); ``norm`` may be the identity."""
 
-    def __init__(self, d: int, hidden: int, norm: type | None = None) -> None:
+    def __init__(self, d: int, hidden: int, norm: type | None = None, act: type = nn.ReLU):
         super().__init__()
         self.norm = norm(d) if norm is not None else nn.Identity()
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), act(), nn.Linear(hidden, d))
 
     def forward(self, x):
         return x + self.mlp(self.norm(x))
 
 
 class ResidualMLP(nn.Module):
-    def __init__(self, d_in=4, d=5, hidden=7, n_out=3, n_blocks=2, norm=None) -> None:
+    def __init__(self, d_in=4, d=5, hidden=7, n_out=3, n_blocks=2, norm=None, act=nn.ReLU):
         super().__init__()
         self.embed = nn.Linear(d_in, d)
-        self.blocks = nn.ModuleList([Block(d, hidden, norm) for _ in range(n_blocks)])
+        self.blocks = nn.ModuleList([Block(d, hidden, norm, act) for _ in range(n_blocks)])
         self.head = nn.Linear(d, n_out)
 
     def forward(self, x):
@@ -226,6 +226,31 @@ def test_conv_padding_modes(mode):
         for layer in adapter.node_layers[:-1]:
             seg = adapter.segment(layer, **F64)
             np.testing.assert_array_equal(seg(torch.zeros_like(acts[layer])).numpy(), 0.0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(d=st.integers(2, 5), hidden=st.integers(2, 6), n_blocks=st.integers(1, 3),
+       norm=st.sampled_from([None, nn.LayerNorm, nn.RMSNorm]),
+       act=st.sampled_from([nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.ELU, nn.LeakyReLU]),
+       seed=st.integers(0, 10_000))
+def test_random_residual_architectures(d, hidden, n_blocks, norm, act, seed):
+    model = _init(ResidualMLP(3, d, hidden, 2, n_blocks, norm, act), seed)
+    layers = ["input", "embed", *[f"blocks.{i}" for i in range(n_blocks)], "output"]
+    adapter = ModuleAdapter(model, layers)
+    X = np.random.default_rng(seed).normal(size=(5, 3))
+    acts = adapter.activations(X, layers, **F64)
+    plain = plain_outputs(model, torch.as_tensor(X), layers[1:-1])
+    for layer in layers[1:]:
+        np.testing.assert_allclose(acts[layer][:, 0, 1 : 1 + (2 if layer == "output" else d)],
+                                   plain[layer], rtol=1e-10, atol=1e-10)
+        # The norm scale rides along exactly where a norm reads the layer.
+        n_fixed = 2 if norm is not None and layer in layers[1:-2] else 1
+        assert len(adapter.fixed_features(layer)) == n_fixed
+    for a, b in zip(layers[:-1], layers[1:]):
+        seg = adapter.segment(a, **F64)
+        np.testing.assert_allclose(seg(acts[a]).numpy(), acts[b].numpy(), rtol=1e-10,
+                                   atol=1e-10)
+        np.testing.assert_array_equal(seg(torch.zeros_like(acts[a])).numpy(), 0.0)
 
 
 def test_conv_positions_are_spatial_locations_row_major():
@@ -617,7 +642,8 @@ def test_model_structure_errors():
     with pytest.raises(ValueError, match=r"'reshape' in the model's forward \(it mixes or drops "
                                          "the batch dimension"):
         ModuleAdapter(flat, ["input", "fc"], example_input=np.zeros((2, 2)))
-    with pytest.raises(ValueError, match=r"fails on inputs of shape \(n_samples, 3\) \(RuntimeError"):
+    with pytest.raises(ValueError,
+                       match=r"fails on inputs of shape \(n_samples, 3\) \(RuntimeError"):
         ModuleAdapter(nn.Sequential(nn.Flatten(), nn.Linear(2, 2)), ["input", "1"],
                       example_input=np.zeros((2, 3)))
     norm2d = nn.Sequential(nn.Linear(3, 6), nn.Unflatten(1, (2, 3)), nn.LayerNorm((2, 3)))
