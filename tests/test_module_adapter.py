@@ -282,6 +282,45 @@ def test_norm_scale_is_carried_as_a_fixed_feature():
     assert adapter.fixed_features("0") == (0, 6)
 
 
+def test_norms_inside_a_segment_and_two_norms_on_one_layer():
+    # Norms not read directly by a node layer compute their own scale inside the segment.
+    model, _, X = build("layernorm")
+    adapter = ModuleAdapter(model, ["input", "2", "6"])
+    acts = adapter.activations(X, adapter.node_layers, **F64)
+    assert all(adapter.fixed_features(n) == (0,) for n in adapter.node_layers)
+    with torch.no_grad():
+        np.testing.assert_allclose(chain(adapter, acts["input"])[:, 0, 1:].numpy(),
+                                   model(torch.as_tensor(X)).numpy(), rtol=1e-10, atol=1e-10)
+    for layer in ["input", "2"]:
+        seg = adapter.segment(layer, **F64)
+        np.testing.assert_array_equal(seg(torch.zeros_like(acts[layer])).numpy(), 0.0)
+    # A layer read by two norms carries both scales, in graph order.
+    class TwoNorms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.ln, self.rms = nn.Linear(3, 4), nn.LayerNorm(4), nn.RMSNorm(4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return self.out(self.ln(h) + 2.0 * self.rms(h))
+
+    model = _init(TwoNorms(), 4)
+    adapter = ModuleAdapter(model, ["input", "fc", "output"])
+    X = np.random.default_rng(4).normal(size=(6, 3))
+    f = adapter.activations(X, ["fc", "output"], **F64)
+    assert adapter.fixed_features("fc") == (0, 5, 6) and f["fc"].shape == (6, 1, 7)
+    h = plain_outputs(model, torch.as_tensor(X), ["fc"])["fc"]
+    np.testing.assert_allclose(f["fc"][:, 0, 5].numpy(),
+                               torch.sqrt(h.var(-1, unbiased=False) + 1e-5).numpy(), rtol=1e-12)
+    rms_eps = torch.finfo(torch.float64).eps  # RMSNorm(eps=None)
+    np.testing.assert_allclose(f["fc"][:, 0, 6].numpy(),
+                               torch.sqrt(h.pow(2).mean(-1) + rms_eps).numpy(), rtol=1e-12)
+    with torch.no_grad():
+        np.testing.assert_allclose(f["output"][:, 0, 1:].numpy(), model(torch.as_tensor(X)),
+                                   rtol=1e-10, atol=1e-10)
+
+
 @settings(max_examples=10, deadline=None)
 @given(case=st.sampled_from(sorted(CASES)), seed=st.integers(0, 1000), scale=st.floats(0.1, 3))
 def test_segments_vanish_at_zero(case, seed, scale):
