@@ -832,7 +832,7 @@ class ModuleAdapter:
             return self._eval_meta(node, args, kwargs, ctx)
         if node not in self._dep:  # input-independent: as written
             if node.op == "call_module":
-                return self._module(node)(*args, **kwargs)
+                return self._module(node).forward(*args, **kwargs)
             if node.op == "call_method":
                 return getattr(args[0], node.target)(*args[1:], **kwargs)
             return node.target(*args, **kwargs)
@@ -900,7 +900,7 @@ class ModuleAdapter:
         if isinstance(m, _PASS):
             return x
         if isinstance(m, _POOLS):
-            return m(x)  # no parameters, no in-place option
+            return m.forward(x)  # no parameters, no in-place option; forward skips hooks
         for cls, make in _ACTIVATIONS.items():
             if isinstance(m, cls):
                 return make(m)(x)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import pickle
 import re
 from pathlib import Path
 
@@ -421,7 +422,8 @@ def _pipeline(adapter, X, y):
     return EdgeAblationSearch().fit_transform(graph, y)
 
 
-@pytest.mark.parametrize("case", ["residual", "cnn", "nested-flatten", "layernorm"])
+@pytest.mark.parametrize("case", ["residual", "cnn", "nested-flatten", "layernorm", "bn-pool",
+                                  "sequence"])
 def test_lib_edges_and_ablation_run(case):
     model, adapter, _ = build(case)
     _, layers, shape, _ = CASES[case]
@@ -492,6 +494,15 @@ def test_protocol_clone_repr_and_inputs():
     assert ModuleAdapter(model, ["input", "5"], metric="loss").default_metric == "loss"
     assert adapter.input_shape_ == (2, 5, 5)
     assert isinstance(adapter.check_input(torch.as_tensor(X)), torch.Tensor)
+    # Pickling keeps a working adapter over its own copy of the model.
+    before = adapter.activations(X, ["5"], **F64)["5"]
+    twin = pickle.loads(pickle.dumps(adapter))
+    with torch.no_grad():
+        model[5].bias.add_(1.0)
+    np.testing.assert_allclose(twin.activations(X, ["5"], **F64)["5"].numpy(), before.numpy(),
+                               rtol=1e-12)
+    np.testing.assert_allclose(adapter.activations(X, ["5"], **F64)["5"][..., 1:].numpy(),
+                               before[..., 1:].numpy() + 1.0, rtol=1e-12)
     # Without example_input: the channel count is checked, the spatial size fixed by a batch.
     lazy = ModuleAdapter(model, ["input", "3", "5"])
     with pytest.raises(ValueError, match=r"does not know the model's input shape.*example_input"):
