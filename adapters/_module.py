@@ -329,11 +329,13 @@ class ModuleAdapter:
         self._layout[self._input] = self._input_layout()
 
     def _is_meta(self, node: fx.Node) -> bool:
-        """Shape queries (``x.size(0)``, ``x.shape``, ``x.dim()``) and arithmetic on them."""
+        """Shape queries (``x.size(0)``, ``x.shape``, ``x.dim()``, ``x.dtype``, ``x.device``)
+        and what is computed from them alone (``x.size(-1) ** -0.5``, ``torch.ones(...,
+        dtype=x.dtype)``): evaluated from recorded shapes, never from activations."""
         if node.op == "call_method" and node.target in _META_METHODS:
             return True
         if node.op == "call_function" and node.target is getattr and node.args[1] in (
-                "shape", "ndim"):
+                "shape", "ndim", "dtype", "device"):
             return True
         inputs = node.all_input_nodes
         return bool(inputs) and any(n in self._meta for n in inputs) and all(
@@ -848,6 +850,9 @@ class ModuleAdapter:
                 return len(shape)
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             return shape if dim is None else shape[dim]
+        if node.op == "call_function" and node.target is getattr and args[1] in (
+                "dtype", "device"):
+            return ctx.dtype if args[1] == "dtype" else ctx.device
         if node.op == "call_function" and node.target is getattr and args[1] in (
                 "shape", "ndim"):
             shape = torch.Size((ctx.batch, *ctx.shapes[node.args[0]]))

@@ -726,9 +726,11 @@ def test_first_batch_check_names_the_largest_difference():
 
 
 def test_constants_added_and_scaled_are_folded():
-    """``x * 2 + offset`` (a buffer) and ``x - 1``: the added constants are biases."""
-    model = Wrap(lambda s, x: torch.relu(s.fc(x) * 2.0 + s.offset) - 1.0 + (-s.fc(x)) / 4,
-                 fc=nn.Linear(3, 4))
+    """``x * 2 + offset`` (a buffer), ``x - 1`` and a tensor made from ``x``'s shape, dtype
+    and device: the added constants are biases."""
+    model = Wrap(lambda s, x: torch.relu(s.fc(x) * 2.0 + s.offset) - 1.0 + (-s.fc2(x)) / 4
+                 + torch.ones(4, dtype=x.dtype, device=x.device) * x.size(-1) ** -0.5,
+                 fc=nn.Linear(3, 4), fc2=nn.Linear(3, 4))
     model.register_buffer("offset", torch.tensor([0.5, -0.5, 1.0, 0.0]))
     model = _init(model, 3)
     model.offset = model.offset.double()
