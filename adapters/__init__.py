@@ -6,6 +6,7 @@ only loading a checkpoint imports it.
 """
 
 from sklearn_lib.adapters._protocol import ModelAdapter, SegmentFn
+from sklearn_lib.adapters._module import ModuleAdapter
 from sklearn_lib.adapters._torch import MLPAdapter
 from sklearn_lib.adapters._transformer_lens import (
     HookedTransformerAdapter,
@@ -16,6 +17,7 @@ __all__ = [
     "HookedTransformerAdapter",
     "MLPAdapter",
     "ModelAdapter",
+    "ModuleAdapter",
     "SegmentFn",
     "load_hooked_transformer",
 ]
