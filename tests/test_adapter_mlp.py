@@ -103,7 +103,7 @@ def test_default_node_layers():
     named.add_module("out", nn.Linear(4, 2))
     assert MLPAdapter(named).node_layers == ("input", "act", "out")
     # Dropout (evaluation) is an activation-like module: its output is a node layer.
-    m = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    m = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).eval()
     assert MLPAdapter(m).node_layers == ("input", "1", "2")
 
 
