@@ -97,7 +97,7 @@ class ModelAdapter(Protocol):
         """
 
     def fixed_features(self, layer: str) -> tuple[int, ...]:
-        """Coordinates of ``layer`` kept out of every rotation; always starts with 0 (the constant)."""
+        """Coordinates of ``layer`` kept out of every rotation; starts with 0 (the constant)."""
 
     def __sklearn_clone__(self) -> "ModelAdapter":
         """Return ``self``: cloning an estimator must never deep-copy a model."""

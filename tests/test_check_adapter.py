@@ -462,7 +462,7 @@ def test_error_is_a_value_error_with_fields(inner):
     assert str(err) == "Adapter check 'segments' failed at layer '1': differs."
 
 
-# -- verify_forward ---------------------------------------------------------------------------------
+# -- verify_forward -------------------------------------------------------------------------------
 def test_verify_forward_passes_and_fails(inner):
     X = torch.as_tensor(_X())
     assert verify_forward(inner, X, **F64) < 1e-12
