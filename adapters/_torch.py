@@ -89,6 +89,13 @@ def _check_faithful(model: nn.Sequential) -> None:
                 "leave_parametrized=True)."
             )
         if module is model:
+            if type(model).forward is not nn.Sequential.forward:
+                raise TypeError(
+                    f"The model is a {kind}, a subclass of nn.Sequential that overrides "
+                    "forward; MLPAdapter chains the children in order and would analyse a "
+                    "different model. Use nn.Sequential itself, or write an adapter "
+                    "(docs/adapters.md)."
+                )
             continue
         base = nn.Linear if isinstance(module, nn.Linear) else _elementwise_base(module)
         if base is not None and type(module).forward is not base.forward:

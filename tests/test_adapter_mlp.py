@@ -344,3 +344,14 @@ def test_reference_forward_is_the_model_in_the_requested_dtype():
                                    .numpy(), rtol=1e-5, atol=1e-6)
     out = adapter.forward_from("input", **F64)(adapter.activations(X, ["input"], **F64)["input"])
     np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_sequential_subclass_with_overridden_forward_is_refused():
+    class Skip(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) + x[:, :3]
+
+    model = Skip(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.raises(TypeError, match="The model is a Skip, a subclass of nn.Sequential that "
+                                        "overrides forward"):
+        MLPAdapter(model)
