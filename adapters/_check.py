@@ -377,7 +377,7 @@ def _check_check_input(ctx: _Context) -> None:
         ctx.adapter.activations(ctx.X[:1], [ctx.layers[0]], **ctx.kw)
     except Exception as exc:  # noqa: BLE001
         raise AdapterContractError(
-            "check_input", f"activations() does not accept a slice of check_input's output: "
+            "check_input", f"activations() fails on a slice of check_input's output: "
             f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -522,15 +522,20 @@ def _check_reference_forward(ctx: _Context) -> str | None:
     return None
 
 
+def _magnitude(f: Tensor) -> float:
+    """``max|f|`` over the non-constant coordinates (1 if they are all 0): the input's units."""
+    return float(f[..., 1:].abs().max()) or 1.0
+
+
 def _directional_fd(g: Callable[[Tensor], Tensor], f: Tensor, v: Tensor) -> tuple[Tensor, float]:
-    """Central difference of ``g`` at ``f`` along ``v``, step ``h = sqrt(eps) * max|f|``.
+    """Central difference of ``g`` at ``f`` along ``v``, step ``h = sqrt(eps) * max|f[..., 1:]|``.
 
     Its error, round-off ``eps |g| / h`` plus truncation ``h^2 |g'''|``, is of the order
-    ``sqrt(eps) * |g| / max|f|`` (free of units). The step is smaller than the optimal
-    ``eps^(1/3) * max|f|`` so that a piecewise-linear segment (ReLU) almost never has a kink
-    within it.
+    ``sqrt(eps) * |g| / max|f|`` (free of units; the constant coordinate does not set the
+    scale). The step is smaller than the optimal ``eps^(1/3) * max|f|`` so that a
+    piecewise-linear segment (ReLU) almost never has a kink within it.
     """
-    h = torch.finfo(f.dtype).eps ** 0.5 * (float(f.abs().max()) or 1.0)
+    h = torch.finfo(f.dtype).eps ** 0.5 * _magnitude(f)
     with torch.no_grad():
         deriv = (g(f + h * v) - g(f - h * v)) / (2 * h)
     return deriv, h
@@ -554,13 +559,15 @@ def _check_jacobian(ctx: _Context) -> None:
                 J_revs.append(J_rev)
                 ctx.compare("jacobian", layer, J_fwd[b], J_rev,
                             f"vmap(jacfwd) vs. jacrev of the segment at {point} (sample {b})")
-                # Finite differences: the autodiff graph must describe the function (no
-                # detach, no custom backward that disagrees with the forward).
+                if point == "the data":
+                    continue  # data can sit on a kink (a bias-free ReLU layer that is all 0)
+                # Finite differences at a generic point: the autodiff graph must describe the
+                # function (no detach, no custom backward that disagrees with the forward).
                 v = ctx.randn(*f[b].shape)
                 deriv, h = _directional_fd(g, f[b], v)
                 Jv = torch.einsum("...ij,ij->...", J_rev, v)
                 with torch.no_grad():
-                    g_scale = float(g(f[b]).abs().max()) / (float(f[b].abs().max()) or 1.0)
+                    g_scale = float(g(f[b]).abs().max()) / _magnitude(f[b])
                 eps = torch.finfo(ctx.dtype).eps
                 tol = 1e2 * eps**0.5 * max(g_scale, float(Jv.abs().max()))
                 ctx.compare("jacobian", layer, deriv, Jv,
@@ -702,8 +709,9 @@ def check_adapter(adapter: Any, X: Any, *, rtol: float | None = None, atol: floa
     - ``reference_forward``: the chained segments and ``forward_from`` reproduce the model's
       own forward (skipped when there is none);
     - ``jacobian``: at the data and at a random point, per-sample ``jacfwd`` under ``vmap``,
-      ``jacrev`` and central finite differences agree, and so does the library's batched
-      Jacobian of the generic composite;
+      ``jacrev`` and the library's batched Jacobian of the generic composite agree; at the
+      random point (where a ReLU network is differentiable almost surely) so do central
+      finite differences along a random direction;
     - ``composite_segment``: for adapters that have the closed-form hook, on random bases
       like the library's: ``__call__`` equals ``segment(z @ in_map.T) @ out_map.T``;
       ``jacobian`` (with and without stochastic sources) equals ``jacrev`` of ``__call__`` at

@@ -236,7 +236,7 @@ def test_check_input_check(inner):
             raise TypeError("wants a list")
         return inner.activations(np.asarray(X), layers, dtype=dtype, device=device)
 
-    with pytest.raises(AdapterContractError, match="does not accept a slice.*wants a list"):
+    with pytest.raises(AdapterContractError, match="fails on a slice.*wants a list"):
         check_adapter(Wrapped(inner, activations=list_only), _X(), skip={"protocol": "x"})
 
 
@@ -489,3 +489,18 @@ def test_check_module_doctests():
     result = doctest.testmod(check_module, optionflags=doctest.ELLIPSIS
                              | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_skipping_check_input_still_uses_the_checked_samples(inner):
+    results = check_adapter(inner, _X(12), n_samples=3, dtype=torch.float64,
+                            skip={"check_input": "tested elsewhere"})
+    assert _statuses(results)["check_input"] == "skipped"
+    _assert_all_passed(results, except_=("check_input", "composite_segment"))
+
+
+def test_an_unfaithful_model_fails_through_the_first_batch_check():
+    model = random_mlp([4, 6, 5, 3], nn.ReLU, seed=1)
+    adapter = MLPAdapter(model)
+    model[0] = nn.Linear(4, 6).double()  # replaced behind the adapter's back
+    with pytest.raises(AdapterContractError, match="differ from the model's own forward"):
+        check_adapter(adapter, _X())
