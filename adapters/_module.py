@@ -33,6 +33,9 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sklearn_lib.adapters._check import verify_forward
+from sklearn_lib.adapters._torch import cast_forward
+
 __all__ = ["ModuleAdapter"]
 
 _ACTIVATIONS: dict[type, Callable[[nn.Module], Callable[[Tensor], Tensor]]] = {
@@ -964,42 +967,20 @@ class ModuleAdapter:
         raise RuntimeError(f"internal error: no rule for {target}")  # pragma: no cover
 
     # -- the first-batch check -------------------------------------------------------------
+    def reference_forward(self, X: Any, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``model(X)`` itself, parameters cast to ``dtype``: what the segments must reproduce.
+
+        Used by :func:`~sklearn_lib.adapters.verify_forward` on the first batch and by
+        :func:`~sklearn_lib.adapters.check_adapter`.
+        """
+        # A copy: an in-place first module must not overwrite the caller's inputs.
+        return cast_forward(self.model, torch.as_tensor(X).clone(), dtype=dtype, device=device)
+
     def _verify(self, x: Tensor, dtype: torch.dtype, device: torch.device) -> None:
         """The chained segments and ``forward_from`` must reproduce ``model(x)``."""
-        param = next(self.model.parameters(), None)
-        model_dtype = self._param_dtype()
-        model_device = param.device if param is not None else device
-        with torch.no_grad():
-            # A copy: an in-place first module must not overwrite the caller's inputs.
-            expected = self.model(x.to(device=model_device, dtype=model_dtype).clone())
-            f = self._fold(self._input, x, torch.ones_like(x.reshape(x.shape[0], -1)[:, 0]))
-            cut = self._input
-            for name in self.node_layers:
-                node = self._layer_nodes[name]
-                if node is not cut:
-                    f = self._runner(cut, node, dtype, device, fold=True)(f)
-                    cut = node
-            got = self._runner(cut, self._output, dtype, device, fold=False)(f)
-        if not isinstance(expected, Tensor) or expected.shape != got.shape:
-            raise ValueError(
-                f"ModuleAdapter's segments give outputs of shape {tuple(got.shape)} but "
-                f"model(x) gives {getattr(expected, 'shape', type(expected).__name__)}; the "
-                "model's forward differs from its torch.fx trace. Write an adapter "
-                "(docs/adapters.md)."
-            )
-        expected64, got64 = expected.double().cpu(), got.double().cpu()
-        diff = (expected64 - got64).abs()
-        eps = max(torch.finfo(model_dtype).eps, torch.finfo(dtype).eps)
-        tol = math.sqrt(eps) * (1.0 + float(expected64.abs().max()))
-        worst = float(diff.max()) if diff.numel() else 0.0
-        if not worst <= tol:
-            index = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape))
-            raise ValueError(
-                f"ModuleAdapter's folded segments do not reproduce model(x) on the first batch: "
-                f"the largest difference is {worst:.3g} at output index {index} (model "
-                f"{float(expected64[index]):.6g}, segments {float(got64[index]):.6g}; tolerance "
-                f"{tol:.3g}). The model's forward differs from its torch.fx trace (forward "
-                "hooks, or state that tracing cannot see); remove them or write an adapter "
-                "(docs/adapters.md)."
-            )
-        self._verified = True
+        self._verified = True  # verify_forward reads activations(), which must not re-enter
+        try:
+            verify_forward(self, x, dtype=dtype, device=device)
+        except ValueError as err:
+            self._verified = False
+            raise ValueError(f"ModuleAdapter (torch.fx trace of the model): {err}") from None

@@ -122,6 +122,21 @@ def _compose(steps: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], 
     return run
 
 
+def cast_forward(model: nn.Module, X: Any, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``model(X)`` itself (its ``forward``, hooks and all) with parameters and buffers cast.
+
+    Runs through ``torch.func.functional_call``, so the caller's model is not modified; the
+    reference the adapters' first-batch check compares their folded segments with.
+    """
+    x = torch.as_tensor(X).to(device=device, dtype=dtype)
+    tensors = {
+        name: t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+    }
+    with torch.no_grad():
+        return torch.func.functional_call(model, tensors, (x,))
+
+
 class MLPAdapter:
     """Present an ``nn.Sequential`` MLP to the LIB estimators.
 
@@ -302,13 +317,7 @@ class MLPAdapter:
         -------
         logits : Tensor of shape (n_samples, n_outputs)
         """
-        x = torch.as_tensor(X).to(device=device, dtype=dtype)
-        tensors = {
-            name: t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-            for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]
-        }
-        with torch.no_grad():
-            return torch.func.functional_call(self.model, tensors, (x,))
+        return cast_forward(self.model, X, dtype=dtype, device=device)
 
     def segment(self, layer: str, *, dtype: torch.dtype, device: torch.device):
         i = self._index(layer)

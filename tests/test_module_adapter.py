@@ -710,15 +710,14 @@ def test_first_batch_check_names_the_largest_difference():
     adapter = ModuleAdapter(model, ["input", "blocks.0", "head"])
     handle = model.blocks[1].mlp[0].register_forward_hook(lambda m, i, o: 2 * o)  # fx cannot see
     try:
-        with pytest.raises(ValueError, match=r"do not reproduce model\(x\) on the first batch: the "
-                                             r"largest difference is .* at output index \(\d+, "
-                                             r"\d+\).*forward hooks"):
+        with pytest.raises(ValueError, match=r"differ from the model's own forward by .* at "
+                                             r"output index \(\d+, \d+\).*forward hooks"):
             adapter.activations(np.ones((3, 4)), ["input"], **F64)
         adapter = ModuleAdapter(model, ["input", "head"])
         handle.remove()
         handle = model.head.register_forward_hook(lambda m, i, o: o[:, :1])
-        with pytest.raises(ValueError, match=r"outputs of shape \(3, 3\) but model\(x\) gives "
-                                             r"torch.Size\(\[3, 1\]\)"):
+        with pytest.raises(ValueError, match=r"outputs of shape \(3, 3\) but the model's own "
+                                             r"forward gives \(3, 1\)"):
             adapter.activations(np.ones((3, 4)), ["input"], **F64)
     finally:
         handle.remove()
@@ -793,3 +792,15 @@ def test_functional_ops_reshapes_and_shape_queries():
     with pytest.raises(ValueError, match="'conv' is not a causal cut: 'add' in the model's "
                                          "forward reads 'fc3'"):
         ModuleAdapter(model, ["input", "conv", "output"])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_passes_the_adapter_contract_checks(case):
+    """Every checked model passes ``check_adapter`` (the public contract kit), forward included."""
+    from sklearn_lib.adapters import check_adapter
+
+    _, adapter, X = build(case)
+    results = {r.name: r.status for r in check_adapter(adapter, X, n_samples=4)}
+    assert results["reference_forward"] == "passed"
+    assert results["jacobian"] == "passed" and results["bias_folding"] == "passed"
+    assert "failed" not in results.values()
