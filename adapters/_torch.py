@@ -8,8 +8,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_globals
+from torch.nn.utils import parametrize
+
+from sklearn_lib.adapters._check import verify_forward
 
 __all__ = ["MLPAdapter"]
+
+#: Rows of the first batch that :meth:`MLPAdapter.activations` checks against the model.
+_VERIFY_ROWS = 1024
 
 # Elementwise activations with act(0) == 0, so that folding biases keeps F(0) == 0.
 _ELEMENTWISE: dict[type, Callable[[nn.Module], Callable[[Tensor], Tensor]]] = {
@@ -38,12 +45,72 @@ def _folded_step(module: nn.Module, dtype: torch.dtype, device: torch.device):
             return torch.cat([const, out], dim=-1)
 
         return linear
-    act = _ELEMENTWISE[type(module)](module)
+    act = _ELEMENTWISE[_elementwise_base(module)](module)
 
     def elementwise(f: Tensor) -> Tensor:
         return torch.cat([f[..., :1], act(f[..., 1:])], dim=-1)
 
     return elementwise
+
+
+def _elementwise_base(module: nn.Module) -> type | None:
+    """The supported activation class ``module`` is (a subclass of), or ``None``."""
+    return next((cls for cls in type(module).__mro__ if cls in _ELEMENTWISE), None)
+
+
+def _check_faithful(model: nn.Sequential) -> None:
+    """Refuse what the folded steps would not reproduce: the model must be what its weights say.
+
+    Raises ``TypeError`` for a ``Linear`` or activation subclass that overrides ``forward``
+    and for parametrized modules, ``ValueError`` for forward hooks (on the sequential, a child
+    or global) and for dropout with ``p > 0`` in training mode.
+    """
+    if _module_globals._global_forward_hooks or _module_globals._global_forward_pre_hooks:
+        raise ValueError(
+            "A global forward hook is registered (torch.nn.modules.module."
+            "register_module_forward_hook or register_module_forward_pre_hook); it would change "
+            "the model's outputs behind MLPAdapter's folded segments. Remove it first."
+        )
+    for name, module in [("the sequential", model)] + [
+        (f"module {n!r}", m) for n, m in model.named_modules() if n
+    ]:
+        kind = type(module).__name__
+        if module._forward_hooks or module._forward_pre_hooks:
+            raise ValueError(
+                f"{name[0].upper()}{name[1:]} ({kind}) has forward hooks or forward pre-hooks; "
+                "MLPAdapter rebuilds the network from its weights and would ignore what they "
+                "do. Remove them (handle.remove()) before building the adapter."
+            )
+        if parametrize.is_parametrized(module):
+            raise TypeError(
+                f"{name[0].upper()}{name[1:]} ({kind}) is parametrized (e.g. weight_norm, "
+                "spectral_norm, orthogonal). Bake the weights in first: "
+                "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', "
+                "leave_parametrized=True)."
+            )
+        if module is model:
+            if type(model).forward is not nn.Sequential.forward:
+                raise TypeError(
+                    f"The model is a {kind}, a subclass of nn.Sequential that overrides "
+                    "forward; MLPAdapter chains the children in order and would analyse a "
+                    "different model. Use nn.Sequential itself, or write an adapter "
+                    "(docs/adapters.md)."
+                )
+            continue
+        base = nn.Linear if isinstance(module, nn.Linear) else _elementwise_base(module)
+        if base is not None and type(module).forward is not base.forward:
+            raise TypeError(
+                f"{name[0].upper()}{name[1:]} is a {kind}, a subclass of nn.{base.__name__} "
+                f"that overrides forward; MLPAdapter computes nn.{base.__name__}'s function "
+                f"from the weights and would analyse a different model. Use nn.{base.__name__} "
+                "itself, or write an adapter for this model (docs/adapters.md)."
+            )
+        if isinstance(module, nn.Dropout) and module.training and module.p > 0:
+            raise ValueError(
+                f"{name[0].upper()}{name[1:]} is Dropout(p={module.p}) in training mode: its "
+                "output is random, while MLPAdapter treats dropout as the identity of "
+                "evaluation mode. Call model.eval() first."
+            )
 
 
 def _compose(steps: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
@@ -55,6 +122,21 @@ def _compose(steps: Sequence[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], 
     return run
 
 
+def cast_forward(model: nn.Module, X: Any, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``model(X)`` itself (its ``forward``, hooks and all) with parameters and buffers cast.
+
+    Runs through ``torch.func.functional_call``, so the caller's model is not modified; the
+    reference the adapters' first-batch check compares their folded segments with.
+    """
+    x = torch.as_tensor(X).to(device=device, dtype=dtype)
+    tensors = {
+        name: t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+    }
+    with torch.no_grad():
+        return torch.func.functional_call(model, tensors, (x,))
+
+
 class MLPAdapter:
     """Present an ``nn.Sequential`` MLP to the LIB estimators.
 
@@ -63,11 +145,21 @@ class MLPAdapter:
     Biases are folded through a leading constant coordinate, so every segment satisfies
     ``F(0) = 0``.
 
+    The segments are rebuilt from the weights, so the adapter refuses models whose output the
+    weights do not determine: ``Linear`` or activation subclasses that override ``forward``,
+    parametrized modules (``TypeError``), forward hooks and forward pre-hooks on the sequential
+    or a child, global forward hooks, and ``Dropout`` with ``p > 0`` in training mode
+    (``ValueError``; call ``model.eval()``). On the first batch :meth:`activations` sees, it
+    repeats these checks and compares the chained segments with the model's own forward
+    (:func:`~sklearn_lib.adapters.verify_forward`, on at most 1024 rows), raising
+    ``ValueError`` with the largest difference.
+
     Parameters
     ----------
     model : nn.Sequential
         ``Linear`` layers and elementwise activations with ``act(0) = 0`` (ReLU, GELU, Tanh,
-        SiLU, ELU, LeakyReLU, Identity, Dropout in evaluation).
+        SiLU, ELU, LeakyReLU, Identity, and Dropout in evaluation mode), or subclasses of
+        them that do not override ``forward``.
     node_layers : sequence of str, default=None
         Names of the node layers, input side first. Default: ``"input"``, the output of every
         activation and the output of the last module.
@@ -98,7 +190,7 @@ class MLPAdapter:
         if not children:
             raise ValueError("MLPAdapter got an empty nn.Sequential.")
         for name, module in children:
-            if isinstance(module, nn.Linear) or type(module) in _ELEMENTWISE:
+            if isinstance(module, nn.Linear) or _elementwise_base(module) is not None:
                 continue
             supported = ", ".join(sorted(t.__name__ for t in _ELEMENTWISE))
             raise TypeError(
@@ -108,6 +200,7 @@ class MLPAdapter:
             )
         if not any(isinstance(m, nn.Linear) for _, m in children):
             raise ValueError("MLPAdapter needs at least one nn.Linear in the sequential.")
+        _check_faithful(model)
         if metric not in ("accuracy", "loss"):
             raise ValueError(f"metric must be 'accuracy' or 'loss'. Got {metric!r} instead.")
         self.model = model
@@ -138,6 +231,7 @@ class MLPAdapter:
         self._positions = dict(zip(node_layers, positions))
         first_linear = next(m for m in self._modules if isinstance(m, nn.Linear))
         self.n_features_in_ = first_linear.in_features
+        self._forward_verified = False
 
     def __sklearn_clone__(self) -> "MLPAdapter":
         return self
@@ -191,7 +285,39 @@ class MLPAdapter:
             f = step(f)
             if i in wanted:
                 out[wanted[i]] = f
+        if not self._forward_verified:
+            self._verify_first_batch(X, dtype, device)
         return out
+
+    def _verify_first_batch(self, X: Any, dtype: torch.dtype, device: torch.device) -> None:
+        """Check the model once more and compare the chain with its forward on this batch."""
+        self._forward_verified = True  # verify_forward calls activations itself
+        try:
+            _check_faithful(self.model)
+            verify_forward(self, X[:_VERIFY_ROWS], dtype=dtype, device=device)
+        except Exception:
+            self._forward_verified = False
+            raise
+
+    def reference_forward(self, X: Any, *, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The model's own forward on ``X``, with its parameters cast to ``dtype``.
+
+        Runs ``model(X)`` itself (its ``forward``, hooks and all) through
+        ``torch.func.functional_call``, so that a model the folded segments do not reproduce
+        shows up as a difference. Used by :func:`~sklearn_lib.adapters.verify_forward`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+            Model inputs.
+        dtype, device
+            Of the computation and the result.
+
+        Returns
+        -------
+        logits : Tensor of shape (n_samples, n_outputs)
+        """
+        return cast_forward(self.model, X, dtype=dtype, device=device)
 
     def segment(self, layer: str, *, dtype: torch.dtype, device: torch.device):
         i = self._index(layer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import random_mlp
 from hypothesis import given, settings
@@ -103,7 +104,7 @@ def test_default_node_layers():
     named.add_module("out", nn.Linear(4, 2))
     assert MLPAdapter(named).node_layers == ("input", "act", "out")
     # Dropout (evaluation) is an activation-like module: its output is a node layer.
-    m = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    m = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).eval()
     assert MLPAdapter(m).node_layers == ("input", "1", "2")
 
 
@@ -191,3 +192,166 @@ def test_protocol_clone_and_input_checks():
     assert isinstance(adapter.check_input(t), torch.Tensor)
     # Integer inputs are numeric and accepted (converted on the forward pass).
     assert adapter.check_input(np.ones((2, 4), dtype=np.int64)).shape == (2, 4)
+
+
+# -- faithfulness: the adapter analyses the model's own function, or refuses ---------------------
+class _ScaledLinear(nn.Linear):
+    """Same weights as nn.Linear, different function: the adapter must not read it as Linear."""
+
+    def forward(self, x):
+        return 2.0 * super().forward(x)
+
+
+class _PlainLinear(nn.Linear):
+    """A subclass that keeps nn.Linear.forward: accepted."""
+
+
+class _ShiftedReLU(nn.ReLU):
+    def forward(self, x):
+        return torch.relu(x - 0.5)
+
+
+class _NamedTanh(nn.Tanh):
+    """A subclass that keeps nn.Tanh.forward: accepted."""
+
+
+def _mlp_with(first: nn.Module, act: nn.Module | None = None) -> nn.Sequential:
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(first, act or nn.ReLU(), nn.Linear(6, 3)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    return model
+
+
+def test_overridden_linear_forward_is_refused():
+    model = _mlp_with(_ScaledLinear(4, 6))
+    with pytest.raises(TypeError, match=r"Module '0' is a _ScaledLinear, a subclass of "
+                                        r"nn.Linear that overrides forward"):
+        MLPAdapter(model)
+
+
+def test_overridden_activation_forward_is_refused():
+    with pytest.raises(TypeError, match=r"Module '1' is a _ShiftedReLU, a subclass of nn.ReLU "
+                                        r"that overrides forward"):
+        MLPAdapter(_mlp_with(nn.Linear(4, 6), _ShiftedReLU()))
+
+
+def test_subclasses_that_keep_forward_are_accepted_and_faithful():
+    model = _mlp_with(_PlainLinear(4, 6), _NamedTanh())
+    adapter = MLPAdapter(model)
+    x = torch.as_tensor(np.random.default_rng(0).normal(size=(5, 4)))
+    out = _chain(adapter, _with_constant(x))[:, 0, 1:]
+    with torch.no_grad():
+        np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", ["child", "sequential"])
+@pytest.mark.parametrize("kind", ["forward", "pre"])
+def test_forward_hooks_are_refused(where, kind):
+    model = _mlp_with(nn.Linear(4, 6))
+    target = model[0] if where == "child" else model
+    if kind == "forward":
+        target.register_forward_hook(lambda mod, inp, out: out + 1.0)
+    else:
+        target.register_forward_pre_hook(lambda mod, inp: (inp[0] * 2.0,))
+    name = "Module '0'" if where == "child" else "The sequential"
+    with pytest.raises(ValueError, match=f"{name} .* has forward hooks or forward pre-hooks"):
+        MLPAdapter(model)
+
+
+def test_global_forward_hook_is_refused():
+    from torch.nn.modules.module import register_module_forward_hook
+
+    model = _mlp_with(nn.Linear(4, 6))
+    handle = register_module_forward_hook(lambda mod, inp, out: out)
+    try:
+        with pytest.raises(ValueError, match="A global forward hook is registered"):
+            MLPAdapter(model)
+    finally:
+        handle.remove()
+    MLPAdapter(model)  # fine once removed
+
+
+def test_train_mode_dropout_is_refused():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.3), nn.ReLU(), nn.Linear(6, 3)).double()
+    with pytest.raises(ValueError, match=r"Module '1' is Dropout\(p=0.3\) in training mode.*"
+                                         r"Call model.eval\(\) first"):
+        MLPAdapter(model)
+    MLPAdapter(model.eval())
+    # Dropout with p = 0 is the identity in both modes.
+    MLPAdapter(nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.0), nn.Linear(6, 3)).train())
+
+
+def test_parametrized_module_is_refused():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = _mlp_with(nn.Linear(4, 6))
+    weight_norm(model[2])
+    with pytest.raises(TypeError, match=r"Module '2' \(ParametrizedLinear\) is parametrized.*"
+                                        r"remove_parametrizations"):
+        MLPAdapter(model)
+
+
+def test_first_batch_is_checked_against_the_model():
+    """A hook added after construction changes the model: the first batch says by how much."""
+    model = random_mlp([4, 6, 5, 3], nn.ReLU, seed=1)
+    adapter = MLPAdapter(model)
+    X = np.random.default_rng(0).normal(size=(7, 4))
+    handle = model[2].register_forward_hook(lambda mod, inp, out: out + 0.5)
+    with pytest.raises(ValueError, match="has forward hooks"):
+        adapter.activations(X, ["1"], **F64)
+    handle.remove()
+    # Without a hook to see, the numerical comparison still finds a changed function: here a
+    # child replaced after construction (the adapter keeps the modules it was built from).
+    model[0] = nn.Linear(4, 6).double()
+    with pytest.raises(ValueError, match=r"chained segments differ from the model's own "
+                                         r"forward by [0-9.e+-]+ at output index \(\d+, \d+\)"):
+        adapter.activations(X, ["1"], **F64)
+    with pytest.raises(ValueError, match="differ from the model's own forward"):
+        adapter.activations(X, ["1"], **F64)  # still unverified: checked again
+
+
+def test_first_batch_check_runs_once(monkeypatch):
+    model = random_mlp([4, 6, 5, 3], nn.GELU, seed=2)
+    adapter = MLPAdapter(model)
+    calls = []
+    original = adapter.reference_forward
+    monkeypatch.setattr(adapter, "reference_forward",
+                        lambda X, **kw: calls.append(len(X)) or original(X, **kw))
+    X = np.random.default_rng(0).normal(size=(9, 4))
+    for _ in range(3):
+        adapter.activations(X, adapter.node_layers, **F64)
+    assert calls == [9]
+
+
+def test_train_mode_after_construction_is_caught_on_the_first_batch():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double().eval()
+    adapter = MLPAdapter(model)
+    model.train()
+    with pytest.raises(ValueError, match=r"Dropout\(p=0.5\) in training mode"):
+        adapter.activations(np.ones((3, 4)), ["input"], **F64)
+
+
+def test_reference_forward_is_the_model_in_the_requested_dtype():
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))  # float32 weights
+    adapter = MLPAdapter(model)
+    X = np.random.default_rng(0).normal(size=(6, 4))
+    ref = adapter.reference_forward(X, **F64)
+    assert ref.dtype == torch.float64 and next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        np.testing.assert_allclose(ref.numpy(), model(torch.as_tensor(X, dtype=torch.float32))
+                                   .numpy(), rtol=1e-5, atol=1e-6)
+    out = adapter.forward_from("input", **F64)(adapter.activations(X, ["input"], **F64)["input"])
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_sequential_subclass_with_overridden_forward_is_refused():
+    class Skip(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) + x[:, :3]
+
+    model = Skip(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.raises(TypeError, match="The model is a Skip, a subclass of nn.Sequential that "
+                                        "overrides forward"):
+        MLPAdapter(model)

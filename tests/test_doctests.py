@@ -12,6 +12,8 @@ MODULES = [
     "sklearn_lib._ablation",
     "sklearn_lib._graph",
     "sklearn_lib.adapters._torch",
+    "sklearn_lib.adapters._check",
+    "sklearn_lib.adapters._module",
     "sklearn_lib.adapters._transformer_lens",
     "sklearn_lib.tasks._modular_addition",
     "sklearn_lib.tasks._fourier",
