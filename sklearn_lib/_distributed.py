@@ -52,9 +52,10 @@ def batch_shard(n_batches: int) -> range:
 
 
 def _reduce_device(t: Tensor) -> torch.device:
-    """Where the collective runs: NCCL needs CUDA tensors, gloo CPU ones."""
-    backend = torch.distributed.get_backend()
-    return t.device if backend == "nccl" else torch.device("cpu")
+    """Where the collective runs: NCCL needs CUDA tensors (this rank's GPU), gloo CPU ones."""
+    if torch.distributed.get_backend() == "nccl":
+        return t.device if t.is_cuda else torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_reduce_sum(*tensors: Tensor) -> tuple[Tensor, ...]:
