@@ -102,6 +102,17 @@ def check_data(adapter: Any, X: Any, owner: str = "This estimator") -> Any:
     Dataset, DataLoader = _torch_data()
     if not is_streamed(X):
         return adapter.check_input(X)
+    if isinstance(X, DataLoader):
+        from torch.utils.data import SequentialSampler
+
+        if not isinstance(X.sampler, SequentialSampler) or (
+            X.batch_sampler is not None and type(X.batch_sampler).__name__ != "BatchSampler"
+        ):
+            raise ValueError(
+                f"{owner} reads a DataLoader in order (labels and shards are matched to the "
+                f"samples by position); got one with {type(X.sampler).__name__}. Build it with "
+                "shuffle=False and no custom sampler."
+            )
     data = _dataset_of(X)
     try:
         n = len(data)

@@ -136,6 +136,10 @@ def test_datasets_without_length_or_samples_are_refused(problem):
         check_data(adapter, Rows(), "LocalInteractionBasis")
     with pytest.raises(ValueError, match="Found 0 samples in the model inputs"):
         check_data(adapter, ArrayDataset(X[:0]))
+    shuffled = DataLoader(ArrayDataset(X), batch_size=10, shuffle=True)
+    with pytest.raises(ValueError, match="reads a DataLoader in order .* got one with "
+                                         "RandomSampler. Build it with shuffle=False"):
+        check_data(adapter, shuffled, "IGEdgeScorer")
 
 
 def test_cache_reuses_activations_without_changing_results(problem, monkeypatch):
