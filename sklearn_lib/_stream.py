@@ -105,8 +105,13 @@ def check_data(adapter: Any, X: Any, owner: str = "This estimator") -> Any:
     if isinstance(X, DataLoader):
         from torch.utils.data import SequentialSampler
 
+        if X.batch_size is None:
+            raise ValueError(
+                f"{owner} reads a DataLoader batch by batch; got one with batch_size=None "
+                "(single samples). Build it with a batch_size."
+            )
         if not isinstance(X.sampler, SequentialSampler) or (
-            X.batch_sampler is not None and type(X.batch_sampler).__name__ != "BatchSampler"
+            type(X.batch_sampler).__name__ != "BatchSampler"
         ):
             raise ValueError(
                 f"{owner} reads a DataLoader in order (labels and shards are matched to the "

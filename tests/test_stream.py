@@ -140,6 +140,8 @@ def test_datasets_without_length_or_samples_are_refused(problem):
     with pytest.raises(ValueError, match="reads a DataLoader in order .* got one with "
                                          "RandomSampler. Build it with shuffle=False"):
         check_data(adapter, shuffled, "IGEdgeScorer")
+    with pytest.raises(ValueError, match="got one with batch_size=None"):
+        check_data(adapter, DataLoader(ArrayDataset(X), batch_size=None))
 
 
 def test_cache_reuses_activations_without_changing_results(problem, monkeypatch):
