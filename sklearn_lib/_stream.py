@@ -49,6 +49,7 @@ __all__ = [
     "batch_generator",
     "check_data",
     "check_same_graph",
+    "first_inputs",
     "is_streamed",
     "n_samples",
 ]
@@ -132,6 +133,12 @@ def check_data(adapter: Any, X: Any, owner: str = "This estimator") -> Any:
     first = next(_raw_batches(X, batch_size=1, batches=range(1)))[2]
     adapter.check_input(first)
     return X
+
+
+def first_inputs(adapter: Any, X: Any, batch_size: int) -> Any:
+    """The model inputs of the first batch of ``X`` (validated if streamed)."""
+    xb = next(_raw_batches(X, batch_size, range(1)))[2]
+    return adapter.check_input(xb) if is_streamed(X) else xb
 
 
 def _collate(items: list) -> Any:
@@ -223,12 +230,16 @@ class ActivationStream:
     keep : sequence of str, default=()
         Layers whose activations later passes will ask for again: the first pass computes
         them all and, if they fit :data:`ACTIVATION_CACHE_BYTES`, keeps them for later passes.
+    shard : bool, default=True
+        Under ``torch.distributed``, read only this rank's batches (for sums that are then
+        all-reduced). ``False``: every rank reads every batch (for per-sample outputs).
     verbose : bool, default=False
         Progress bars.
     """
 
     def __init__(self, adapter: Any, X: Any, *, batch_size: int, dtype: torch.dtype,
-                 device: torch.device, keep: Sequence[str] = (), verbose: bool = False) -> None:
+                 device: torch.device, keep: Sequence[str] = (), shard: bool = True,
+                 verbose: bool = False) -> None:
         self.adapter = adapter
         self.X = X
         self.batch_size = int(batch_size)
@@ -238,7 +249,7 @@ class ActivationStream:
         self.verbose = verbose
         self.n_samples = n_samples(X)
         self.n_batches = _n_batches(X, self.batch_size)
-        self.shard = batch_shard(self.n_batches)
+        self.shard = batch_shard(self.n_batches) if shard else range(self.n_batches)
         self._cache: list[Batch] | None = None
         self._cache_failed = False
         self._validate = is_streamed(X)

@@ -28,6 +28,7 @@ from sklearn_lib._stream import (
     batch_generator,
     check_data,
     check_same_graph,
+    first_inputs,
     n_samples,
 )
 from sklearn_lib.adapters import MLPAdapter
@@ -205,6 +206,16 @@ def test_sharded_stream_reads_its_batches(problem, monkeypatch):
     loader = DataLoader(ArrayDataset(X), batch_size=40)
     s = ActivationStream(adapter, loader, batch_size=7, **F64)
     assert [(b.index, b.start, b.size) for b in s.batches(["1"])] == [(2, 80, 40), (3, 120, 30)]
+    s = ActivationStream(adapter, X, batch_size=40, shard=False, **F64)
+    assert [b.start for b in s.batches(["1"])] == [0, 40, 80, 120]
+
+
+def test_first_inputs(problem, tmp_path):
+    adapter, X, _ = problem
+    for name, data in kinds(X, tmp_path).items():
+        first = np.asarray(first_inputs(adapter, data, 25))
+        expected = X[:40] if name == "loader" else X[:25]  # a DataLoader keeps its batches
+        np.testing.assert_array_equal(first, expected, err_msg=name)
 
 
 def test_single_process_reductions_are_identities():
