@@ -43,6 +43,7 @@ class InSampleEvaluationWarning(UserWarning):
 
 
 def check_labels(y, n_samples: int, name: str, samples_of: str) -> np.ndarray:
+    # samples_of: the subject and verb of the count message, e.g. "X_eval has".
     """Integer class labels, one per sample (or per position), as an int64 array.
 
     Integral floats (``1.0``) are accepted and converted; booleans, NaN, inf, non-integral
@@ -61,7 +62,7 @@ def check_labels(y, n_samples: int, name: str, samples_of: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or inf; every sample needs a class label.")
         if not np.all(arr == np.round(arr)):
-            bad = arr[arr != np.round(arr)].ravel()[0]
+            bad = float(arr[arr != np.round(arr)].ravel()[0])
             raise ValueError(
                 f"{name} holds non-integral values such as {bad!r}; pass integer class labels "
                 "in [0, n_classes)."
@@ -77,7 +78,7 @@ def check_labels(y, n_samples: int, name: str, samples_of: str) -> np.ndarray:
             f"{name} must have shape (n_samples,) or (n_samples, n_positions); got {arr.shape}."
         )
     if arr.shape[0] != n_samples:
-        raise ValueError(f"{samples_of} has {n_samples} samples but {name} has {arr.shape[0]}.")
+        raise ValueError(f"{samples_of} {n_samples} samples but {name} has {arr.shape[0]}.")
     return arr.astype(np.int64, copy=False)
 
 
@@ -267,10 +268,10 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                 InSampleEvaluationWarning, stacklevel=3,
             )
             X_eval = graph.X
-            labels = check_labels(y, X_eval.shape[0], "y", "The graph's inputs")
+            labels = check_labels(y, X_eval.shape[0], "y", "The graph's inputs have")
         else:
             X_eval = adapter.check_input(X_eval)
-            labels = check_labels(y_eval, X_eval.shape[0], "y_eval", "X_eval")
+            labels = check_labels(y_eval, X_eval.shape[0], "y_eval", "X_eval has")
         metric = self.metric or adapter.default_metric
         tol = _DEFAULT_TOLERANCE[metric] if self.tolerance is None else float(self.tolerance)
         if metric == "accuracy" and tol >= 1:
