@@ -3,16 +3,17 @@
 The edge-ablation bisection assumes the score is monotone in the number of edges kept; it is
 not, so its answer depends on the bisection's range (the number of candidate edges, set by the
 truncation). This script builds the PCA bases of resid_mid, resid_post and the (unrotated)
-logits, as the modular-addition experiment does, on the train split with
-the reference's truncation (rtol=0, atol=1e-15) and with a relative cut (rtol=1e-12), scores
-edges (alpha = 1), then bisects and scans each on the test split (accuracy within 0.001).
+logits, as the modular-addition experiment does, on the train split with our default
+truncation, the reference's (rtol=0, atol=1e-15) and a relative cut (rtol=1e-12), scores edges
+(alpha = 1), then bisects and scans each on the test split (accuracy within 0.001).
 Writes benchmarks/results/ablation_scan_modadd.json and the graphs (.npz) beside it.
 
 Only the MLP pair (resid_mid -> resid_post) is searched: its edges depend on those two bases only.
 The paper's checkpoint is read from REFERENCE_DIR (default ../shared/reference/modadd-seed0 beside
 the repository); without it the shipped seed-0 checkpoint (a different model) is used.
 
-Usage: python benchmarks/ablation_scan_modadd.py [REFERENCE_DIR [n_scan_points]]
+Usage: python benchmarks/ablation_scan_modadd.py [REFERENCE_DIR [n_scan_points [NAMES]]]
+where NAMES is a comma-separated subset of default,reference,relative-1e-12
 (about ten minutes on one thread)
 """
 
@@ -45,7 +46,8 @@ REF = HERE.parent.parent / "shared" / "reference" / "modadd-seed0"
 OUT = HERE / "results"
 
 
-def main(reference: Path = REF, n_scan_points: int = 40) -> dict:
+def main(reference: Path = REF, n_scan_points: int = 40,
+         names: tuple = ("default", "reference", "relative-1e-12")) -> dict:
     reference = Path(reference)
     if (reference / "model_state_dict.pt").is_file():
         checkpoint, config = reference / "model_state_dict.pt", reference / "config.json"
@@ -64,11 +66,11 @@ def main(reference: Path = REF, n_scan_points: int = 40) -> dict:
     report = {"checkpoint": str(checkpoint), "layers": layers, "n_test": len(data.X_test),
               "model_test_accuracy": float((logits.argmax(-1).numpy() == data.y_test).mean()),
               "runs": []}
-    # The reference's absolute cut, and a relative cut at the float64 round-off level of an
-    # accumulated Gram matrix. (Our rtol=1e-13 default sits inside the round-off: it kept 114
-    # or 105 directions of resid_mid from run to run, see the report.)
-    truncations = {"reference": {"rtol": 0.0, "atol": 1e-15},
+    # Our default truncation, the reference's absolute cut, and a relative cut at the float64
+    # round-off level of an accumulated Gram matrix.
+    truncations = {"default": {}, "reference": {"rtol": 0.0, "atol": 1e-15},
                    "relative-1e-12": {"rtol": 1e-12, "atol": 0.0}}
+    truncations = {k: v for k, v in truncations.items() if k in names}
     for name, trunc in truncations.items():
         t = time.perf_counter()
         full = PCAWhitener(adapter, layers=layers, rotate_final=False, batch_size=256,
@@ -91,10 +93,16 @@ def main(reference: Path = REF, n_scan_points: int = 40) -> dict:
             report["runs"].append(run)
             out.save(OUT / f"ablation_scan_modadd_pca_{name}_{search}.npz")
             print(json.dumps({k: v for k, v in run.items() if k != "probes"}), flush=True)
-    (OUT / "ablation_scan_modadd.json").write_text(json.dumps(report, indent=1))
+    path = OUT / "ablation_scan_modadd.json"
+    if path.is_file():  # keep the runs of other truncations from earlier invocations
+        done = {(r["truncation"], r["search"]) for r in report["runs"]}
+        report["runs"] = [r for r in json.loads(path.read_text())["runs"]
+                          if (r["truncation"], r["search"]) not in done] + report["runs"]
+    path.write_text(json.dumps(report, indent=1))
     return report
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(*([Path(args[0])] if args else []), *(int(a) for a in args[1:]))
+    main(*([Path(args[0])] if args else []), *(int(a) for a in args[1:2]),
+         *([tuple(args[2].split(","))] if len(args) > 2 else []))

@@ -225,7 +225,7 @@ def plot_ablation_curve(
         ax.set_ylabel("accuracy" if metric == "accuracy" else "cross-entropy loss (nats)")
         ax.set_title(f"{a} → {b}")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right" if metric == "accuracy" else "upper right",
+        ax.legend(fontsize=7, loc="best",
                   title="dashed: all edges; band: tolerance", title_fontsize=7)
     if title is not None:
         fig.suptitle(title)
