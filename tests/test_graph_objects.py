@@ -10,6 +10,9 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import gaussian_data, model_labels, random_mlp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from torch import nn
 
 from sklearn_lib import (
@@ -19,7 +22,8 @@ from sklearn_lib import (
     LeidenModularity,
     LocalInteractionBasis,
 )
-from sklearn_lib._graph import candidate_order
+from sklearn_lib._graph import AblationResult, _epsilon_for, candidate_order
+from sklearn_lib._linalg import LayerBasis
 from sklearn_lib.adapters import MLPAdapter
 
 
@@ -79,6 +83,59 @@ def test_kept_mask_agrees_with_n_edges_needed_with_ties(graphs):
     # `E >= epsilon` too many.
     assert at_epsilon_and_ablated > 0
     assert 0 < tied.ablation[0].n_edges_needed < tied.ablation[0].n_edges_total
+
+
+def _synthetic_graph(E: np.ndarray, k: int) -> InteractionGraph:
+    """A two-layer graph with identity bases, edges E and an ablation result keeping k."""
+    bases = tuple(LayerBasis(name, np.eye(n), np.eye(n), np.ones(n - 1))
+                  for name, n in (("a", E.shape[1]), ("b", E.shape[0])))
+    _, _, values = candidate_order(E)
+    result = AblationResult(
+        layer_in="a", layer_out="b", metric="loss", tolerance=0.1, n_edges_total=values.size,
+        n_edges_nonzero=int((values > 0).sum()), n_edges_needed=k, n_edges_needed_stable=k,
+        epsilon=_epsilon_for(values, k), base_score=1.0, score_at_needed=1.0,
+        score_at_one_fewer=float("nan") if k == 0 else 2.0, n_probes=1, probes=((k, 1.0),))
+    return InteractionGraph(("a", "b"), bases, "pca", edges=(E,), ablation=(result,))
+
+
+@settings(max_examples=40, deadline=None)
+@given(E=arrays(np.float64, st.tuples(st.integers(2, 6), st.integers(2, 6)),
+                elements=st.sampled_from([0.0, 0.5, 1.0, 2.0])), data=st.data())
+def test_kept_mask_property(E, data):
+    # Few distinct values: ties everywhere. The kept set is the k largest candidates with ties
+    # taken in row-major order, as a stable sort of (-E) orders them, and nothing else.
+    n_total = (E.shape[0] - 1) * (E.shape[1] - 1)
+    k = data.draw(st.integers(0, n_total))
+    graph = _synthetic_graph(E, k)
+    mask = graph.kept_mask(0)
+    cells = [(i, j) for i in range(1, E.shape[0]) for j in range(1, E.shape[1])]
+    expected = set(sorted(cells, key=lambda c: -E[c])[:k])
+    assert {c for c in cells if mask[c]} == expected
+    assert mask[:, 0].all() and not mask[0, 1:].any()
+    # Everything kept is at least epsilon, everything ablated at most epsilon.
+    if k:
+        eps = graph.ablation[0].epsilon
+        assert all(E[c] >= eps for c in expected)
+        assert all(E[c] <= eps for c in set(cells) - expected)
+    kept_nx = sum(1 for u, v, d in graph.to_networkx().edges(data=True)
+                  if d["kept"] and u[1] > 0 and v[1] > 0)
+    assert kept_nx == k
+
+
+@settings(max_examples=20, deadline=None)
+@given(E=arrays(np.float64, st.tuples(st.integers(2, 5), st.integers(2, 5)),
+                elements=st.floats(0, 1e6, allow_subnormal=False)), data=st.data())
+def test_save_load_round_trip_property(tmp_path_factory, E, data):
+    k = data.draw(st.integers(0, (E.shape[0] - 1) * (E.shape[1] - 1)))
+    graph = _synthetic_graph(E, k)
+    path = graph.save(tmp_path_factory.mktemp("rt") / "g.npz")
+    loaded = InteractionGraph.load(path)
+    np.testing.assert_array_equal(loaded.edges[0], E)
+    r, q = loaded.ablation[0], graph.ablation[0]
+    assert r.to_dict().keys() == q.to_dict().keys()
+    for key, value in q.to_dict().items():
+        assert r.to_dict()[key] == value or (value != value and r.to_dict()[key] != r.to_dict()[key])
+    np.testing.assert_array_equal(loaded.kept_mask(0), graph.kept_mask(0))
 
 
 def test_kept_mask_errors(graphs):
@@ -281,6 +338,11 @@ BAD_FILES = {
                         r"ablation result 1 does not belong to the edges \(n_edges_needed=1000000 is outside"),
     "ablation stable": (_edit_ablation(n_edges_needed_stable=-1),
                         r"ablation result 1: n_edges_needed_stable is outside"),
+    "ablation nonzero": (_edit_ablation(n_edges_nonzero=0),
+                         r"ablation result 1 does not belong to the edges \(0 nonzero candidate"),
+    "C too many rows": (_set("C_0", np.ones((9, 5))),
+                        r"C_0 has shape \(9, 5\); a basis of layer 'input' needs at least "
+                        r"n_fixed=1 and at most 5 rows"),
     "ablation field": (_edit_ablation(unknown=1), r"ablation result 1 has missing fields \[\] or unknown fields \['unknown'\]"),
     "ablation type": (_edit_ablation(n_probes="3"), r"ablation result 1: field 'n_probes' has the wrong type"),
     "ablation metric": (_edit_ablation(metric="f1"), r"ablation result 1: unknown metric 'f1'"),
