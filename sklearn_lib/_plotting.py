@@ -218,7 +218,8 @@ def plot_ablation_curve(
         if zoom is not None:
             base = graphs[0].ablation[p].base_score
             span = zoom * max(g.ablation[p].tolerance for g in graphs) or 1.0
-            ax.set_ylim(base - span, base + span / 4 if metric == "accuracy" else base + span)
+            top = min(base + span / 4, 1 + span / 40) if metric == "accuracy" else base + span
+            ax.set_ylim(base - span, top)
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlim(-0.2, n_max * 1.15)
         ax.set_xlabel("edges kept (largest first)")
