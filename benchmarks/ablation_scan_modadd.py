@@ -5,7 +5,8 @@ not, so its answer depends on the bisection's range (the number of candidate edg
 truncation). This script builds the PCA bases of resid_mid, resid_post and the (unrotated)
 logits, as the modular-addition experiment does, on the train split with our default
 truncation, the reference's (rtol=0, atol=1e-15) and a relative cut (rtol=1e-12), scores edges
-(alpha = 1), then bisects and scans each on the test split (accuracy within 0.001).
+(alpha = 1), then bisects and scans each on the test split (accuracy within 0.001), and probes
+every k from 90 to 130.
 Writes benchmarks/results/ablation_scan_modadd.json and the graphs (.npz) beside it.
 
 Only the MLP pair (resid_mid -> resid_post) is searched: its edges depend on those two bases only.
@@ -80,24 +81,28 @@ def main(reference: Path = REF, n_scan_points: int = 40,
         graph = InteractionGraph(full.layers[:2], full.bases[:2], full.basis, adapter,
                                  full.X, edges=full.edges[:1])
         build = time.perf_counter() - t
-        for search, extra in [("bisect", {}), ("scan", {"n_scan_points": n_scan_points})]:
+        # "dense": every k from 90 to 130, around the answers (101 and 114) of the bisections.
+        for run_name, search, extra in [
+            ("bisect", "bisect", {}), ("scan", "scan", {"n_scan_points": n_scan_points}),
+            ("dense", "scan", {"n_scan_points": 2, "scan_k": range(90, 131)}),
+        ]:
             t = time.perf_counter()
             out = EdgeAblationSearch(metric="accuracy", tolerance=1e-3, search=search,
                                      batch_size=1024, verbose=True, **extra).fit_transform(
                 graph, X_eval=data.X_test, y_eval=data.y_test)
             r = out.ablation[0]
-            run = {"truncation": name, **trunc, "search": search,
+            run = {"truncation": name, **trunc, "run": run_name,
                    "dims": [b.n_components for b in graph.bases],
                    "seconds_build": round(build, 1),
                    "seconds_search": round(time.perf_counter() - t, 1), **r.to_dict()}
             report["runs"].append(run)
-            out.save(OUT / f"ablation_scan_modadd_pca_{name}_{search}.npz")
+            out.save(OUT / f"ablation_scan_modadd_pca_{name}_{run_name}.npz")
             print(json.dumps({k: v for k, v in run.items() if k != "probes"}), flush=True)
     path = OUT / "ablation_scan_modadd.json"
     if path.is_file():  # keep the runs of other truncations from earlier invocations
-        done = {(r["truncation"], r["search"]) for r in report["runs"]}
+        done = {r["truncation"] for r in report["runs"]}
         report["runs"] = [r for r in json.loads(path.read_text())["runs"]
-                          if (r["truncation"], r["search"]) not in done] + report["runs"]
+                          if r["truncation"] not in done] + report["runs"]
     path.write_text(json.dumps(report, indent=1))
     return report
 

@@ -162,7 +162,12 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
     n_scan_points : int, default=64
         Grid size of ``search="scan"``: ``k`` spaced evenly in ``log(k + 1)`` from 0 to every
         edge (fewer after rounding duplicates), or every ``k`` when ``n_edges_total`` is below
-        ``n_scan_points``. Each point is one evaluation on the whole evaluation set.
+        ``n_scan_points``. Each point is one evaluation on the whole evaluation set. A dip of
+        the score between two grid points stays unseen: raise it, or use ``scan_k``.
+    scan_k : array-like of int, default=None
+        Extra ``k`` to probe with ``search="scan"`` (every pair; values above a pair's
+        ``n_edges_total`` are ignored), e.g. ``range(90, 131)`` to resolve the curve every
+        edge around a known answer.
     batch_size : int, default=1024
     mask_chunk : int, default=16
         Distinct masks evaluated per vectorised forward pass (memory knob of the generic
@@ -210,6 +215,7 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         "tolerance": [Interval(Real, 0, None, closed="left"), None],
         "search": [StrOptions({"bisect", "scan"})],
         "n_scan_points": [Interval(Integral, 2, None, closed="left")],
+        "scan_k": ["array-like", None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "mask_chunk": [Interval(Integral, 1, None, closed="left")],
         "dtype": [StrOptions({"float32", "float64"})],
@@ -218,11 +224,13 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
     }
 
     def __init__(self, *, metric=None, tolerance=None, search="bisect", n_scan_points=64,
-                 batch_size=1024, mask_chunk=16, dtype="float64", device="cpu", verbose=False):
+                 scan_k=None, batch_size=1024, mask_chunk=16, dtype="float64", device="cpu",
+                 verbose=False):
         self.metric = metric
         self.tolerance = tolerance
         self.search = search
         self.n_scan_points = n_scan_points
+        self.scan_k = scan_k
         self.batch_size = batch_size
         self.mask_chunk = mask_chunk
         self.dtype = dtype
@@ -280,6 +288,17 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                 "[0, 1]), so every pair would need 0 edges. Pass a tolerance below 1, e.g. "
                 "0.001 for 0.1 percentage points."
             )
+        self._scan_k = np.zeros(0, dtype=np.int64)
+        if self.scan_k is not None:
+            extra = np.asarray(self.scan_k).ravel()
+            if extra.dtype.kind not in "iu" or (extra.size and extra.min() < 0):
+                raise ValueError(
+                    f"scan_k must hold non-negative integers (numbers of edges kept); got "
+                    f"{np.asarray(self.scan_k)!r}."
+                )
+            if self.search != "scan":
+                raise ValueError("scan_k is used by search='scan' only; set search='scan'.")
+            self._scan_k = np.unique(extra.astype(np.int64))
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
         # Labels against the model's outputs on the first batch, before any search.
         first = graph.layers[0]
@@ -327,7 +346,10 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
             m[torch.as_tensor(rows[:k]), torch.as_tensor(cols[:k])] = 1.0
             return m
 
-        grid = scan_grid(n_total, self.n_scan_points) if self.search == "scan" else None
+        grid = None
+        if self.search == "scan":
+            grid = np.union1d(scan_grid(n_total, self.n_scan_points),
+                              self._scan_k[self._scan_k <= n_total])
         expected = (len(grid) if grid is not None else math.ceil(math.log2(n_total + 1)) + 1)
         bar = tqdm(total=expected, desc=f"ablation {layer_in} -> {layer_out}", unit="probe",
                    disable=not self.verbose)

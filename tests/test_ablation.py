@@ -319,6 +319,21 @@ def test_coarse_scan_is_refined_to_one_edge(setup, n_scan_points):
     assert r.n_edges_needed <= s
 
 
+def test_scan_k_adds_probes(setup):
+    model, X, y, X_eval, y_eval, graph = setup
+    scores = _explicit_curve(setup, 0, "loss")
+    r = EdgeAblationSearch(metric="loss", tolerance=0.01, search="scan", n_scan_points=2,
+                           scan_k=[7, 8, 9, 500]).fit(
+        graph, X_eval=X_eval, y_eval=y_eval).results_[0]
+    probed = {k for k, _ in r.probes}
+    assert {0, 7, 8, 9, 20} <= probed and 500 not in probed
+    # The grid {0, 7, 8, 9, 20} sees the dip above k = 6 that a bare bisection misses.
+    ok = scores <= scores[-1] + 0.01
+    assert not all(ok[[7, 8, 9]]) and r.n_edges_needed_stable == 10
+    for k, v in r.probes:
+        assert v == pytest.approx(scores[k], rel=1e-10, abs=1e-12)
+
+
 def test_scan_grid():
     np.testing.assert_array_equal(scan_grid(5, 10), np.arange(6))
     grid = scan_grid(16254, 48)

@@ -535,6 +535,16 @@ def test_invalid_labels(problem, graphs, labels, message):
             EdgeAblationSearch(metric=metric).fit(graphs[1], X_eval=X, y_eval=labels(y))
 
 
+def test_scan_k_errors(problem, graphs):
+    model, adapter, X, y = problem
+    for bad in ([-1, 3], [1.5], ["a"]):
+        with pytest.raises(ValueError, match="scan_k must hold non-negative integers"):
+            EdgeAblationSearch(search="scan", scan_k=bad).fit(graphs[1], X_eval=X, y_eval=y)
+    with pytest.raises(ValueError, match="scan_k is used by search='scan' only; set "
+                                         "search='scan'"):
+        EdgeAblationSearch(scan_k=[3]).fit(graphs[1], X_eval=X, y_eval=y)
+
+
 def test_accuracy_tolerance_must_be_below_one(problem, graphs):
     model, adapter, X, y = problem
     for tol in (1.0, 1.5):
