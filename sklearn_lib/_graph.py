@@ -285,14 +285,19 @@ class InteractionGraph:
         return np.concatenate(out, axis=0)
 
     # -- kept edges ------------------------------------------------------------------------
-    def check_ablation(self) -> None:
+    def check_ablation(self, step: str = "check_ablation") -> None:
         """Check that the ablation results were computed on this graph's edges.
 
         Raises ``ValueError`` naming the pair when a result's layers, candidate count, nonzero
         count or epsilon (the ``n_edges_needed``-th largest candidate) disagree with the edges.
+
+        Parameters
+        ----------
+        step : str, default="check_ablation"
+            Who asks (named in the error when edges or ablation results are missing).
         """
-        self.require("edges", "check_ablation", "run IGEdgeScorer first.")
-        self.require("ablation", "check_ablation", "run EdgeAblationSearch first.")
+        self.require("edges", step, "run IGEdgeScorer first.")
+        self.require("ablation", step, "run EdgeAblationSearch first.")
         if len(self.ablation) != len(self.pairs):
             raise ValueError(
                 f"The graph has {len(self.pairs)} layer pairs but {len(self.ablation)} ablation "
@@ -324,7 +329,7 @@ class InteractionGraph:
         mask : ndarray of bool of shape ``edges[p].shape``
             ``mask[1:, 1:].sum() == ablation[p].n_edges_needed``.
         """
-        self.check_ablation()
+        self.check_ablation("kept_mask")
         if not isinstance(p, (int, np.integer)) or not -len(self.pairs) <= p < len(self.pairs):
             raise ValueError(
                 f"p must be the index of a layer pair, an int in [0, {len(self.pairs)}); "

@@ -96,7 +96,7 @@ class LeidenModularity(TransformerMixin, BaseEstimator):
                     "them with IGEdgeScorer."
                 )
         # Refuses ablation results computed on other edges (names the pair).
-        graph.check_ablation()
+        graph.check_ablation(type(self).__name__)
         src, dst, weights = [], [], []
         for p, result in enumerate(graph.ablation):
             E = np.asarray(graph.edges[p])

@@ -140,7 +140,8 @@ def test_save_load_round_trip_property(tmp_path_factory, E, data):
 
 def test_kept_mask_errors(graphs):
     g0, g1, g2, g3, _ = graphs
-    with pytest.raises(ValueError, match="check_ablation needs ablation in the InteractionGraph"):
+    with pytest.raises(ValueError, match="kept_mask needs ablation in the InteractionGraph; run "
+                                         "EdgeAblationSearch first"):
         g1.kept_mask(0)
     with pytest.raises(ValueError, match=r"p must be the index of a layer pair, an int in "
                                          r"\[0, 3\); got 3"):
