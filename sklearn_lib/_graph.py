@@ -458,6 +458,9 @@ class InteractionGraph:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez_compressed(fh, allow_pickle=False, **arrays)
+            # mkstemp creates the file private (0600); give it the mode a plain open() would:
+            # the old file's, or the default under the process umask.
+            os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -490,6 +493,12 @@ class InteractionGraph:
         from sklearn_lib._plotting import plot_interaction_graph
 
         return plot_interaction_graph(self, ax=ax, **kwargs)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _ablation_mismatch(r: AblationResult, pair: tuple, E: np.ndarray) -> str | None:

@@ -217,6 +217,16 @@ def test_saved_file_holds_numeric_arrays_only(tmp_path, graphs):
     assert not loaded.edges[0].flags.writeable
 
 
+def test_saved_file_mode_is_that_of_a_plain_open(tmp_path, graphs):
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    path = graphs[3].save(tmp_path / "g.npz")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+    path.chmod(0o640)  # overwriting keeps the old file's mode
+    graphs[3].save(path)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
 def test_failed_save_keeps_the_old_file(tmp_path, graphs, monkeypatch):
     g1, g3 = graphs[1], graphs[3]
     path = g3.save(tmp_path / "g.npz")
