@@ -204,7 +204,8 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
     >>> X, X_test = np.random.default_rng(0).normal(size=(2, 300, 4))
     >>> def labels(X):
     ...     return mlp(torch.tensor(X, dtype=torch.float32)).argmax(1).numpy()
-    >>> graph = IGEdgeScorer().fit_transform(LocalInteractionBasis(MLPAdapter(mlp)).fit_transform(X))
+    >>> basis = LocalInteractionBasis(MLPAdapter(mlp))
+    >>> graph = IGEdgeScorer().fit_transform(basis.fit_transform(X))
     >>> search = EdgeAblationSearch(search="scan").fit(graph, X_eval=X_test, y_eval=labels(X_test))
     >>> [r.n_edges_needed <= r.n_edges_needed_stable <= r.n_edges_total for r in search.results_]
     [True, True]

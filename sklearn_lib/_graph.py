@@ -592,7 +592,8 @@ def _meta(data) -> dict:
     if not isinstance(meta, dict):
         raise _BadFile("the metadata is not a JSON object.")
     version = meta.get("version")
-    if meta.get("format") != _FORMAT or not isinstance(version, int) or not 1 <= version <= _VERSION:
+    known = isinstance(version, int) and 1 <= version <= _VERSION
+    if meta.get("format") != _FORMAT or not known:
         raise _BadFile(
             f"it is not an InteractionGraph file of a version this sklearn-lib reads "
             f"(format {meta.get('format')!r}, version {version!r}; this sklearn-lib reads "

@@ -351,7 +351,8 @@ def test_progress_bar_moves_per_probe(setup, monkeypatch):
 
     class Recorder:
         def __init__(self, *, total, desc, unit, disable):
-            self.total, self.desc, self.disable, self.n, self.closed = total, desc, disable, 0, False
+            self.total, self.desc, self.disable = total, desc, disable
+            self.n, self.closed = 0, False
             bars.append(self)
 
         def update(self, n):

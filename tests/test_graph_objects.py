@@ -134,7 +134,8 @@ def test_save_load_round_trip_property(tmp_path_factory, E, data):
     r, q = loaded.ablation[0], graph.ablation[0]
     assert r.to_dict().keys() == q.to_dict().keys()
     for key, value in q.to_dict().items():
-        assert r.to_dict()[key] == value or (value != value and r.to_dict()[key] != r.to_dict()[key])
+        got = r.to_dict()[key]
+        assert got == value or (value != value and got != got)  # NaN == NaN
     np.testing.assert_array_equal(loaded.kept_mask(0), graph.kept_mask(0))
 
 
@@ -346,7 +347,8 @@ BAD_FILES = {
     "ablation layer": (_edit_ablation(layer_in="x"),
                        r"ablation result 1 does not belong to the edges \(it is for pair"),
     "ablation needed": (_edit_ablation(n_edges_needed=10 ** 6),
-                        r"ablation result 1 does not belong to the edges \(n_edges_needed=1000000 is outside"),
+                        r"ablation result 1 does not belong to the edges \(n_edges_needed=1000000 "
+                        r"is outside"),
     "ablation stable": (_edit_ablation(n_edges_needed_stable=-1),
                         r"ablation result 1: n_edges_needed_stable is outside"),
     "ablation nonzero": (_edit_ablation(n_edges_nonzero=0),
@@ -354,8 +356,11 @@ BAD_FILES = {
     "C too many rows": (_set("C_0", np.ones((9, 5))),
                         r"C_0 has shape \(9, 5\); a basis of layer 'input' needs at least "
                         r"n_fixed=1 and at most 5 rows"),
-    "ablation field": (_edit_ablation(unknown=1), r"ablation result 1 has missing fields \[\] or unknown fields \['unknown'\]"),
-    "ablation type": (_edit_ablation(n_probes="3"), r"ablation result 1: field 'n_probes' has the wrong type"),
+    "ablation field": (_edit_ablation(unknown=1),
+                       r"ablation result 1 has missing fields \[\] or unknown fields "
+                       r"\['unknown'\]"),
+    "ablation type": (_edit_ablation(n_probes="3"),
+                      r"ablation result 1: field 'n_probes' has the wrong type"),
     "ablation metric": (_edit_ablation(metric="f1"), r"ablation result 1: unknown metric 'f1'"),
     "ablation probes": (_edit_ablation(probes=[[1, 2, 3]]),
                         r"ablation result 1: probes must be \[edges kept, score\] pairs"),
