@@ -102,6 +102,7 @@ def plot_ablation_curve(
     axes=None,
     show_stable: bool = True,
     zoom: float | None = None,
+    xlim: tuple | None = None,
     title: str | None = None,
 ):
     """Score against edges kept, one panel per layer pair, several graphs on one axis.
@@ -126,6 +127,10 @@ def plot_ablation_curve(
     zoom : float, default=None
         Show only scores within ``zoom`` tolerances of the base score (where the search
         decides); None shows the whole range.
+    xlim : (float, float), default=None
+        Show only these numbers of edges kept, on a linear axis (e.g. around
+        ``n_edges_needed``, after a scan with ``scan_k``); None shows every ``k`` on a
+        symmetric-log axis.
     title : str, default=None
         Figure title.
 
@@ -180,6 +185,9 @@ def plot_ablation_curve(
     labels = [str(label) for label in labels]
     if len(labels) != len(graphs):
         raise ValueError(f"Got {len(labels)} labels for {len(graphs)} graphs; pass one per graph.")
+    if xlim is not None and not (len(xlim) == 2 and np.all(np.isfinite(xlim))
+                                 and xlim[0] < xlim[1]):
+        raise ValueError(f"xlim must be (low, high) with low < high, or None; got {xlim!r}.")
     if zoom is not None and not (np.isfinite(zoom) and zoom > 0):
         raise ValueError(f"zoom must be a positive number of tolerances or None; got {zoom!r}.")
     if axes is None:
@@ -220,8 +228,11 @@ def plot_ablation_curve(
             span = zoom * max(g.ablation[p].tolerance for g in graphs) or 1.0
             top = min(base + span / 4, 1 + span / 40) if metric == "accuracy" else base + span
             ax.set_ylim(base - span, top)
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlim(-0.2, n_max * 1.15)
+        if xlim is None:
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlim(-0.2, n_max * 1.15)
+        else:
+            ax.set_xlim(*xlim)
         ax.set_xlabel("edges kept (largest first)")
         ax.set_ylabel("accuracy" if metric == "accuracy" else "cross-entropy loss (nats)")
         ax.set_title(f"{a} → {b}")

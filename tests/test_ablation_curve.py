@@ -87,6 +87,12 @@ def test_curve_on_given_axes_and_labels(graphs):
     plt.close("all")
 
 
+def test_curve_xlim_is_linear(graphs):
+    axes = plot_ablation_curve(graphs, xlim=(2, 12))
+    assert all(ax.get_xscale() == "linear" and ax.get_xlim() == (2, 12) for ax in axes)
+    plt.close("all")
+
+
 def test_curve_errors(graphs):
     lib, pca = graphs
     with pytest.raises(ValueError, match="plot_ablation_curve needs ablation in the "
@@ -107,6 +113,10 @@ def test_curve_errors(graphs):
     fig, axes = plt.subplots(1, 2)
     with pytest.raises(ValueError, match="Got 2 axes for 3 layer pairs; pass one Axes per pair"):
         plot_ablation_curve(graphs, axes=axes)
+    for xlim in ((5, 1), (1, np.inf), (1,)):
+        with pytest.raises(ValueError, match=r"xlim must be \(low, high\) with low < high, or "
+                                             "None; got"):
+            plot_ablation_curve(graphs, xlim=xlim)
     for zoom in (0, -1.0, np.nan):
         with pytest.raises(ValueError, match="zoom must be a positive number of tolerances or "
                                              "None; got"):
