@@ -85,14 +85,14 @@ def explicit_score(model, graph, p, k, X, y, metric):
         h = torch.as_tensor(X, dtype=torch.float64)
         for m in mods[: POSITIONS[p]]:
             h = m(h)
-        z = torch.cat([torch.ones_like(h[:, :1]), h], 1) @ torch.as_tensor(b_in.C).T
+        z = torch.cat([torch.ones_like(h[:, :1]), h], 1) @ torch.tensor(b_in.C).T
         seg = mods[POSITIONS[p]:POSITIONS[p + 1]]
 
         def F(v):
-            return _folded(seg, v @ torch.as_tensor(b_in.C_pinv).T) @ torch.as_tensor(b_out.C).T
+            return _folded(seg, v @ torch.tensor(b_in.C_pinv).T) @ torch.tensor(b_out.C).T
 
         out = torch.stack([F(z * torch.as_tensor(mask[i]))[:, i] for i in range(E.shape[0])], 1)
-        g = out @ torch.as_tensor(b_out.C_pinv).T
+        g = out @ torch.tensor(b_out.C_pinv).T
         np.testing.assert_allclose(g[:, 0].numpy(), 1.0, rtol=1e-12)
         logits = _folded(mods[POSITIONS[p + 1]:], g)[:, 1:]
     y = torch.as_tensor(y)
