@@ -14,6 +14,7 @@ from sklearn_lib._interaction import GlobalInteractionBasis, LocalInteractionBas
 from sklearn_lib._linalg import LayerBasis
 from sklearn_lib._modularity import LeidenModularity
 from sklearn_lib._plotting import plot_interaction_graph
+from sklearn_lib._plotting import plot_ablation_curve
 from sklearn_lib._whitening import PCAWhitener
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "LeidenModularity",
     "LocalInteractionBasis",
     "PCAWhitener",
+    "plot_ablation_curve",
     "plot_interaction_graph",
     "quadrature",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -18,49 +20,154 @@ from sklearn_lib._common import (
     resolve_dtype,
     same_arrays,
 )
-from sklearn_lib._graph import AblationResult, InteractionGraph, check_graph
+from sklearn_lib._graph import (
+    AblationResult,
+    InteractionGraph,
+    _epsilon_for,
+    candidate_order,
+    check_graph,
+)
 from sklearn_lib._segments import make_composite
 
-__all__ = ["EdgeAblationSearch"]
+__all__ = ["EdgeAblationSearch", "InSampleEvaluationWarning"]
 
 _DEFAULT_TOLERANCE = {"accuracy": 1e-3, "loss": 0.1}
+
+
+class InSampleEvaluationWarning(UserWarning):
+    """The ablation search scored edges on the inputs the graph was fitted on.
+
+    Edges needed measured in-sample can be optimistic; pass held-out data with
+    ``EdgeAblationSearch().fit(graph, X_eval=..., y_eval=...)``.
+    """
+
+
+def check_labels(y, n_samples: int, name: str, samples_of: str) -> np.ndarray:
+    # samples_of: the subject and verb of the count message, e.g. "X_eval has".
+    """Integer class labels, one per sample (or per position), as an int64 array.
+
+    Integral floats (``1.0``) are accepted and converted; booleans, NaN, inf, non-integral
+    floats, strings and objects are refused.
+    """
+    try:
+        arr = np.asarray(y)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{name} must be an array of integer class labels; {exc}") from None
+    if arr.dtype == bool:
+        raise ValueError(
+            f"{name} holds booleans; pass integer class labels in [0, n_classes) (for two "
+            f"classes: {name}.astype(int))."
+        )
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or inf; every sample needs a class label.")
+        if not np.all(arr == np.round(arr)):
+            bad = float(arr[arr != np.round(arr)].ravel()[0])
+            raise ValueError(
+                f"{name} holds non-integral values such as {bad!r}; pass integer class labels "
+                "in [0, n_classes)."
+            )
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} must hold integer class labels; got dtype {arr.dtype}. Encode string "
+            "labels with sklearn.preprocessing.LabelEncoder first."
+        )
+    if arr.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must have shape (n_samples,) or (n_samples, n_positions); got {arr.shape}."
+        )
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"{samples_of} {n_samples} samples but {name} has {arr.shape[0]}.")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_labels_against_outputs(y: np.ndarray, outputs_shape: tuple, name: str) -> None:
+    """Labels must match the model's outputs ``(batch, [positions,] n_classes)``."""
+    n_classes = int(outputs_shape[-1])
+    per_sample = tuple(outputs_shape[1:-1])
+    if y.shape[1:] != per_sample and not (y.ndim == 1 and per_sample == (1,)):
+        expected = "(n_samples,)" if per_sample in ((), (1,)) else f"(n_samples, {per_sample[0]})"
+        raise ValueError(
+            f"{name} has shape {y.shape} but the model's outputs have shape "
+            f"(n_samples, {', '.join(map(str, outputs_shape[1:]))}); pass one label per sample "
+            f"(per position for sequence outputs): shape {expected}."
+        )
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(
+            f"{name} holds labels from {lo} to {hi} but the model has {n_classes} classes (the "
+            f"last dimension of its outputs); labels must lie in [0, {n_classes}). Ignore-index "
+            "labels such as -100 are not supported: drop those samples instead."
+        )
 
 
 def _metric_sums(logits: torch.Tensor, y: torch.Tensor, metric: str) -> tuple[float, int]:
     logits = logits.reshape(-1, logits.shape[-1])
     y = y.reshape(-1)
-    if logits.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"The model output has {logits.shape[0]} predictions but y has {y.shape[0]} labels; "
-            "pass one label per sample (per position for sequence outputs)."
-        )
     if metric == "accuracy":
         return float((logits.argmax(-1) == y).sum()), y.shape[0]
     loss = torch.nn.functional.cross_entropy(logits.to(torch.float64), y, reduction="sum")
     return float(loss), y.shape[0]
 
 
-class EdgeAblationSearch(TransformerMixin, BaseEstimator):
-    """Bisect, per layer pair, for the fewest edges that keep the model's score.
+def scan_grid(n_total: int, n_points: int) -> np.ndarray:
+    """The ``k`` a scan probes: every ``k`` when few, else spaced evenly in ``log(k + 1)``."""
+    if n_total + 1 <= n_points:
+        return np.arange(n_total + 1)
+    grid = np.round(np.geomspace(1, n_total + 1, n_points)).astype(np.int64) - 1
+    return np.unique(np.concatenate([[0], grid, [n_total]]))
 
-    For each pair, edges are sorted by ``E``; keeping the ``k`` largest, each output feature
-    ``i`` is computed from the inputs with the sources of its ablated edges set to 0, the rest
-    of the network runs unchanged, and the score is measured. The search finds the smallest
-    ``k`` whose score stays within ``tolerance`` of the score with every edge kept. Edges from
+
+class EdgeAblationSearch(TransformerMixin, BaseEstimator):
+    """Search, per layer pair, for the fewest edges that keep the model's score.
+
+    For each pair, candidate edges (non-constant source to non-constant target) are sorted by
+    ``E``, largest first (a stable sort: ties keep row-major order). Keeping the ``k`` largest,
+    each output feature ``i`` is computed from the inputs with the sources of its ablated edges
+    set to 0, the rest of the network runs unchanged, and the score is measured. A ``k`` *keeps
+    the score* when it stays within ``tolerance`` of the score with every edge kept. Edges from
     the constant feature are always kept and not counted; edges into it are identically zero
     and not counted either. Only one pair is ablated at a time.
 
+    The score is not monotone in ``k``: removing an edge can help, and a ``k`` that keeps the
+    score can sit below one that does not. Two counts are therefore reported:
+
+    - ``n_edges_needed``: the search's answer, a ``k`` that keeps the score while ``k - 1``
+      does not. ``search="bisect"`` finds it by bisection on ``[0, n_edges_total]`` (the
+      reference implementation's rule; its answer depends on that range when the score is not
+      monotone). ``search="scan"`` probes a grid of ``k`` and bisects between the first grid
+      point that keeps the score and the one before it.
+    - ``n_edges_needed_stable``: the smallest probed ``k`` above which every probed ``k``
+      keeps the score. A bisection never probes a failing ``k`` above its answer, so with
+      ``search="bisect"`` it equals ``n_edges_needed``; a scan sees the whole curve and shows
+      where the score leaves the tolerance again (the gap is refined to a single edge).
+
+    Every probed ``(k, score)`` is kept in :attr:`AblationResult.probes`;
+    :func:`plot_ablation_curve` draws them.
+
     Evaluate on held-out data the scikit-learn way: fit parameters ``X_eval`` and ``y_eval``
     (routed through a ``Pipeline`` as ``edgeablationsearch__X_eval=...``). Without them the
-    graph's own inputs and ``y`` are used.
+    graph's own inputs and ``y`` are used and an :class:`InSampleEvaluationWarning` is issued.
 
     Parameters
     ----------
     metric : {"accuracy", "loss"}, default=None
         ``None``: the adapter's default metric.
     tolerance : float, default=None
-        Allowed drop in accuracy (default 0.001) or rise in cross-entropy loss in nats
-        (default 0.1).
+        Allowed drop in accuracy (default 0.001; must be below 1, since accuracy lies in
+        [0, 1]) or rise in cross-entropy loss in nats (default 0.1).
+    search : {"bisect", "scan"}, default="bisect"
+        How ``k`` is searched (see above).
+    n_scan_points : int, default=64
+        Grid size of ``search="scan"``: ``k`` spaced evenly in ``log(k + 1)`` from 0 to every
+        edge (fewer after rounding duplicates), or every ``k`` when ``n_edges_total`` is below
+        ``n_scan_points``. Each point is one evaluation on the whole evaluation set. A dip of
+        the score between two grid points stays unseen: raise it, or use ``scan_k``.
+    scan_k : array-like of int, default=None
+        Extra ``k`` to probe with ``search="scan"`` (every pair; values above a pair's
+        ``n_edges_total`` are ignored), e.g. ``range(90, 131)`` to resolve the curve every
+        edge around a known answer.
     batch_size : int, default=1024
     mask_chunk : int, default=16
         Distinct masks evaluated per vectorised forward pass (memory knob of the generic
@@ -68,19 +175,24 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
     dtype : {"float32", "float64"}, default="float64"
     device : str or torch.device, default="cpu"
     verbose : bool, default=False
+        A progress bar per layer pair that moves with every probed ``k``.
 
     Attributes
     ----------
     results_ : list of AblationResult
         One per layer pair.
     n_edges_needed_ : dict of (str, str) to int
+    n_edges_needed_stable_ : dict of (str, str) to int
     epsilons_ : dict of (str, str) to float
+        The smallest kept candidate edge per pair (``inf`` when none is kept).
     n_samples_eval_ : int
 
     See Also
     --------
     IGEdgeScorer : computes the edges.
+    InteractionGraph.kept_mask : the edges each search kept.
     LeidenModularity : uses ``epsilon``.
+    plot_ablation_curve : score against edges kept.
 
     Examples
     --------
@@ -89,17 +201,22 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
     >>> from sklearn_lib.adapters import MLPAdapter
     >>> _ = torch.manual_seed(0)
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    >>> X = np.random.default_rng(0).normal(size=(300, 4))
-    >>> y = mlp(torch.tensor(X, dtype=torch.float32)).argmax(1).numpy()
-    >>> graph = IGEdgeScorer().fit_transform(LocalInteractionBasis(MLPAdapter(mlp)).fit_transform(X))
-    >>> search = EdgeAblationSearch().fit(graph, y)
-    >>> [r.n_edges_needed <= r.n_edges_total for r in search.results_]
+    >>> X, X_test = np.random.default_rng(0).normal(size=(2, 300, 4))
+    >>> def labels(X):
+    ...     return mlp(torch.tensor(X, dtype=torch.float32)).argmax(1).numpy()
+    >>> basis = LocalInteractionBasis(MLPAdapter(mlp))
+    >>> graph = IGEdgeScorer().fit_transform(basis.fit_transform(X))
+    >>> search = EdgeAblationSearch(search="scan").fit(graph, X_eval=X_test, y_eval=labels(X_test))
+    >>> [r.n_edges_needed <= r.n_edges_needed_stable <= r.n_edges_total for r in search.results_]
     [True, True]
     """
 
     _parameter_constraints: dict = {
         "metric": [StrOptions({"accuracy", "loss"}), None],
         "tolerance": [Interval(Real, 0, None, closed="left"), None],
+        "search": [StrOptions({"bisect", "scan"})],
+        "n_scan_points": [Interval(Integral, 2, None, closed="left")],
+        "scan_k": ["array-like", None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "mask_chunk": [Interval(Integral, 1, None, closed="left")],
         "dtype": [StrOptions({"float32", "float64"})],
@@ -107,10 +224,14 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         "verbose": ["verbose"],
     }
 
-    def __init__(self, *, metric=None, tolerance=None, batch_size=1024, mask_chunk=16,
-                 dtype="float64", device="cpu", verbose=False):
+    def __init__(self, *, metric=None, tolerance=None, search="bisect", n_scan_points=64,
+                 scan_k=None, batch_size=1024, mask_chunk=16, dtype="float64", device="cpu",
+                 verbose=False):
         self.metric = metric
         self.tolerance = tolerance
+        self.search = search
+        self.n_scan_points = n_scan_points
+        self.scan_k = scan_k
         self.batch_size = batch_size
         self.mask_chunk = mask_chunk
         self.dtype = dtype
@@ -126,9 +247,11 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         X : InteractionGraph
             With edges (the output of :class:`IGEdgeScorer`).
         y : array-like of shape (n_samples,) or (n_samples, n_positions), default=None
-            Labels of the graph's inputs; used only when ``X_eval`` is not given.
-        X_eval, y_eval : array-like, default=None
-            Held-out model inputs and labels to evaluate on (the paper's test split).
+            Integer labels of the graph's inputs; used only when ``X_eval`` is not given.
+        X_eval : array-like, default=None
+            Held-out model inputs to evaluate on (the paper's test split).
+        y_eval : array-like of shape (n_eval,) or (n_eval, n_positions), default=None
+            Their integer labels in ``[0, n_classes)``.
 
         Returns
         -------
@@ -147,23 +270,55 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                     "EdgeAblationSearch needs labels: fit(graph, y) for the graph's inputs, or "
                     "held-out data with fit(graph, X_eval=..., y_eval=...)."
                 )
-            X_eval, y_eval = graph.X, y
+            warnings.warn(
+                "EdgeAblationSearch is scoring on the graph's own inputs, the data the basis "
+                "and edges were fitted on, so edges needed may be optimistic. Pass held-out "
+                "data with fit(graph, X_eval=..., y_eval=...).",
+                InSampleEvaluationWarning, stacklevel=3,
+            )
+            X_eval = graph.X
+            labels = check_labels(y, X_eval.shape[0], "y", "The graph's inputs have")
         else:
             X_eval = adapter.check_input(X_eval)
-        y_eval = torch.as_tensor(np.asarray(y_eval), dtype=torch.long)
-        if y_eval.shape[0] != X_eval.shape[0]:
-            raise ValueError(
-                f"X_eval has {X_eval.shape[0]} samples but y_eval has {y_eval.shape[0]}."
-            )
+            labels = check_labels(y_eval, X_eval.shape[0], "y_eval", "X_eval has")
         metric = self.metric or adapter.default_metric
         tol = _DEFAULT_TOLERANCE[metric] if self.tolerance is None else float(self.tolerance)
+        if metric == "accuracy" and tol >= 1:
+            raise ValueError(
+                f"tolerance={tol} with metric='accuracy' allows any score (accuracy lies in "
+                "[0, 1]), so every pair would need 0 edges. Pass a tolerance below 1, e.g. "
+                "0.001 for 0.1 percentage points."
+            )
+        self._scan_k = np.zeros(0, dtype=np.int64)
+        if self.scan_k is not None:
+            extra = np.asarray(self.scan_k).ravel()
+            if extra.dtype.kind not in "iu" or (extra.size and extra.min() < 0):
+                raise ValueError(
+                    f"scan_k must hold non-negative integers (numbers of edges kept); got "
+                    f"{np.asarray(self.scan_k)!r}."
+                )
+            if self.search != "scan":
+                raise ValueError("scan_k is used by search='scan' only; set search='scan'.")
+            self._scan_k = np.unique(extra.astype(np.int64))
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
-        results = []
-        for p, (a, b) in enumerate(tqdm(graph.pairs, desc="edge ablation",
-                                        disable=not self.verbose)):
-            results.append(self._search(graph, p, X_eval, y_eval, metric, tol, dtype, device))
+        # Labels against the model's outputs on the first batch, before any search.
+        first = graph.layers[0]
+        with torch.no_grad():
+            xb = X_eval[: self.batch_size]
+            out = adapter.forward_from(first, dtype=dtype, device=device)(
+                adapter.activations(xb, [first], dtype=dtype, device=device)[first])
+        check_labels_against_outputs(labels, tuple(out.shape), "y" if y_eval is None else
+                                     "y_eval")
+        y_t = torch.as_tensor(labels, dtype=torch.long, device=device)
+        results = [
+            self._search(graph, p, X_eval, y_t, metric, tol, dtype, device)
+            for p in range(len(graph.pairs))
+        ]
         self.results_ = results
         self.n_edges_needed_ = {(r.layer_in, r.layer_out): r.n_edges_needed for r in results}
+        self.n_edges_needed_stable_ = {
+            (r.layer_in, r.layer_out): r.n_edges_needed_stable for r in results
+        }
         self.epsilons_ = {(r.layer_in, r.layer_out): r.epsilon for r in results}
         self.n_samples_eval_ = X_eval.shape[0]
         self._edges = graph.edges
@@ -174,16 +329,12 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         adapter, layer_in, layer_out = graph.adapter, graph.layers[p], graph.layers[p + 1]
         E = np.asarray(graph.edges[p])
         n_out, n_in = E.shape
-        # Candidate edges: non-constant source (j >= 1) into non-constant target (i >= 1).
-        cand = E[1:, 1:].ravel()
-        order = np.argsort(-cand, kind="stable")
-        rows, cols = np.divmod(order, n_in - 1)
-        rows, cols = rows + 1, cols + 1
-        n_total = cand.size
-        C_in = torch.as_tensor(graph.bases[p].C, dtype=dtype, device=device)
-        C_in_pinv = torch.as_tensor(graph.bases[p].C_pinv, dtype=dtype, device=device)
-        C_out = torch.as_tensor(graph.bases[p + 1].C, dtype=dtype, device=device)
-        C_out_pinv = torch.as_tensor(graph.bases[p + 1].C_pinv, dtype=dtype, device=device)
+        rows, cols, values = candidate_order(E)
+        n_total = values.size
+        C_in = torch.tensor(graph.bases[p].C, dtype=dtype, device=device)
+        C_in_pinv = torch.tensor(graph.bases[p].C_pinv, dtype=dtype, device=device)
+        C_out = torch.tensor(graph.bases[p + 1].C, dtype=dtype, device=device)
+        C_out_pinv = torch.tensor(graph.bases[p + 1].C_pinv, dtype=dtype, device=device)
         F = make_composite(adapter, [layer_in, layer_out], C_in_pinv, C_out, dtype=dtype,
                            device=device)
         rest = adapter.forward_from(layer_out, dtype=dtype, device=device)
@@ -196,6 +347,13 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
             m[torch.as_tensor(rows[:k]), torch.as_tensor(cols[:k])] = 1.0
             return m
 
+        grid = None
+        if self.search == "scan":
+            grid = np.union1d(scan_grid(n_total, self.n_scan_points),
+                              self._scan_k[self._scan_k <= n_total])
+        expected = (len(grid) if grid is not None else math.ceil(math.log2(n_total + 1)) + 1)
+        bar = tqdm(total=expected, desc=f"ablation {layer_in} -> {layer_out}", unit="probe",
+                   disable=not self.verbose)
         cache: dict[int, float] = {}
 
         def score(k: int) -> float:
@@ -216,33 +374,60 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                 s, c = _metric_sums(logits, y_eval[start : start + xb.shape[0]], metric)
                 total, count = total + s, count + c
             cache[k] = total / count
+            if bar.n >= bar.total:
+                bar.total = bar.n + 1
+            bar.update(1)
             return cache[k]
 
-        def ok(value: float, base: float) -> bool:
+        def ok(k: int) -> bool:
+            value = score(k)
             return value >= base - tol if metric == "accuracy" else value <= base + tol
 
-        base = score(n_total)
-        lo, hi = 0, n_total
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if ok(score(mid), base):
-                hi = mid
+        def bisect(lo: int, hi: int) -> int:
+            """Smallest k in [lo, hi] that keeps the score, given that hi does (bisection)."""
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if ok(mid):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return hi
+
+        def stable() -> int:
+            """Smallest probed k above which every probed k keeps the score."""
+            s = n_total
+            for k in sorted(cache, reverse=True):
+                if not ok(k):
+                    break
+                s = k
+            return s
+
+        try:
+            base = score(n_total)
+            if grid is None:
+                needed = bisect(0, n_total)
             else:
-                lo = mid + 1
-        needed = hi
-        n_probes = len(cache)
-        at_needed = score(needed)
-        one_fewer = score(needed - 1) if needed > 0 else float("nan")
-        if needed > 0:
-            epsilon = float(cand[order[needed - 1]])
-        else:
-            epsilon = float(cand.max()) if cand.size else 0.0
+                for k in grid[::-1]:
+                    score(int(k))
+                first = min(int(k) for k in grid if ok(int(k)))
+                below = [int(k) for k in grid if k < first]
+                needed = bisect(max(below) + 1, first) if below else first
+                s = stable()
+                failing = [k for k in cache if k < s]
+                if failing:
+                    bisect(max(failing) + 1, s)
+            needed_stable = stable()
+        finally:
+            bar.close()
         return AblationResult(
             layer_in=layer_in, layer_out=layer_out, metric=metric, tolerance=tol,
-            n_edges_total=int(n_total), n_edges_nonzero=int((cand > 0).sum()),
-            n_edges_needed=int(needed), epsilon=epsilon, base_score=float(base),
-            score_at_needed=float(at_needed), score_at_one_fewer=float(one_fewer),
-            n_probes=n_probes, probes=tuple((int(k), float(v)) for k, v in cache.items()),
+            n_edges_total=int(n_total), n_edges_nonzero=int((values > 0).sum()),
+            n_edges_needed=int(needed), n_edges_needed_stable=int(needed_stable),
+            epsilon=_epsilon_for(values, needed), base_score=float(base),
+            score_at_needed=float(score(needed)),
+            score_at_one_fewer=float(score(needed - 1)) if needed > 0 else float("nan"),
+            n_probes=len(cache), probes=tuple(sorted((int(k), float(v)) for k, v in cache.items())),
+            search=self.search,
         )
 
     def transform(self, X):
@@ -265,4 +450,5 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         return graph.replace(ablation=tuple(self.results_))
 
     def fit_transform(self, X, y=None, **fit_params):
+        """Fit on the graph, then attach the results to it (see :meth:`fit`)."""
         return self.fit(X, y, **fit_params).transform(X)

@@ -173,8 +173,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         generator = torch_generator(self.random_state)
         adapter, layers, X = graph.adapter, graph.layers, graph.X
         pairs = list(range(len(layers) - 1))
-        C = [torch.as_tensor(b.C, dtype=dtype, device=device) for b in graph.bases]
-        C_pinv = [torch.as_tensor(b.C_pinv, dtype=dtype, device=device) for b in graph.bases]
+        C = [torch.tensor(b.C, dtype=dtype, device=device) for b in graph.bases]
+        C_pinv = [torch.tensor(b.C_pinv, dtype=dtype, device=device) for b in graph.bases]
         fns = [  # basis l -> basis l+1
             make_composite(adapter, [layers[p], layers[p + 1]], C_pinv[p], C[p + 1],
                            dtype=dtype, device=device, chunk_size=self.chunk_size)

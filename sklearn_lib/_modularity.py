@@ -19,11 +19,17 @@ __all__ = ["LeidenModularity"]
 class LeidenModularity(TransformerMixin, BaseEstimator):
     """Leiden communities on the undirected graph with weights ``log(E / epsilon)``.
 
-    Nodes are the non-constant features of every layer; an edge of layer pair ``l`` enters
-    with weight ``log(E / epsilon^l)`` if ``E > epsilon^l`` (the edges the ablation search
-    keeps) and is dropped otherwise. The constant features connect to everything and carry no
-    structure, so they are left out (community ``-1``). The partition maximises the
-    ``RBConfigurationVertexPartition`` quality with resolution ``gamma`` (leidenalg).
+    Nodes are the non-constant features of every layer. The edges of layer pair ``l`` that
+    enter are the candidate edges the ablation search kept (:meth:`InteractionGraph.kept_mask`:
+    the ``n_edges_needed`` largest, ties resolved as the search resolved them), with weight
+    ``log(E / epsilon^l)``, where ``epsilon^l`` is the smallest kept candidate edge
+    (:attr:`AblationResult.epsilon`). Every weight is therefore ``>= 0``; an edge equal to
+    epsilon has weight exactly 0, adds nothing to the quality or to any node's strength, and is
+    left out of the graph handed to leidenalg (which then never sees a zero weight; the
+    partition and ``Q`` are the same as with it). A pair where no edge is kept contributes no
+    edges. The constant features connect to everything and carry no structure, so they are left
+    out (community ``-1``). The partition maximises the ``RBConfigurationVertexPartition``
+    quality with resolution ``gamma`` (leidenalg).
 
     Parameters
     ----------
@@ -82,27 +88,32 @@ class LeidenModularity(TransformerMixin, BaseEstimator):
         graph.require("ablation", type(self).__name__,
                       "run EdgeAblationSearch first (it sets epsilon per layer pair).")
         offsets = np.cumsum([0] + [b.n_features for b in graph.bases])
-        src, dst, weights = [], [], []
-        for p, result in enumerate(graph.ablation):
-            E = np.asarray(graph.edges[p])
+        for p, E in enumerate(graph.edges):
+            E = np.asarray(E)
             if not np.all(np.isfinite(E)) or (E < 0).any():
                 raise ValueError(
                     f"Edges of pair {graph.pairs[p]} must be finite and non-negative; recompute "
                     "them with IGEdgeScorer."
                 )
+        # Refuses ablation results computed on other edges (names the pair).
+        graph.check_ablation(type(self).__name__)
+        src, dst, weights = [], [], []
+        for p, result in enumerate(graph.ablation):
+            E = np.asarray(graph.edges[p])
+            keep = graph.kept_mask(p)[1:, 1:]
             eps = result.epsilon
-            sub = E[1:, 1:]
-            keep = sub > eps if eps > 0 else sub > 0
-            i, j = np.nonzero(keep)
-            w = np.log(sub[i, j] / eps) if eps > 0 else np.full(i.size, np.inf)
-            if not np.all(np.isfinite(w)):
+            if keep.any() and eps == 0:
                 raise ValueError(
-                    f"epsilon of pair {graph.pairs[p]} is 0, so log(E / epsilon) is infinite; "
-                    "the ablation search kept no edge there. Nothing to partition on."
+                    f"epsilon of pair {graph.pairs[p]} is 0 (the search kept edges equal to 0), "
+                    "so log(E / epsilon) is infinite. Rerun EdgeAblationSearch with a larger "
+                    "tolerance, or check the edges."
                 )
-            src.append(offsets[p] + 1 + j)
-            dst.append(offsets[p + 1] + 1 + i)
-            weights.append(w)
+            i, j = np.nonzero(keep)
+            w = np.log(E[1:, 1:][i, j] / eps)
+            positive = w > 0  # edges at epsilon weigh log 1 = 0: no effect, left out
+            src.append(offsets[p] + 1 + j[positive])
+            dst.append(offsets[p + 1] + 1 + i[positive])
+            weights.append(w[positive])
         src, dst, weights = (np.concatenate(a) if a else np.zeros(0) for a in (src, dst, weights))
         # leidenalg raises a bare BaseException on negative weights: they are checked above.
         n = int(offsets[-1])

@@ -10,6 +10,7 @@ from sklearn.pipeline import make_pipeline
 from torch import nn
 
 from sklearn_lib import EdgeAblationSearch, IGEdgeScorer, LocalInteractionBasis
+from sklearn_lib._ablation import InSampleEvaluationWarning, scan_grid
 from sklearn_lib._segments import ablate_by_masks as ablated_forward
 from sklearn_lib.adapters import MLPAdapter
 
@@ -84,14 +85,14 @@ def explicit_score(model, graph, p, k, X, y, metric):
         h = torch.as_tensor(X, dtype=torch.float64)
         for m in mods[: POSITIONS[p]]:
             h = m(h)
-        z = torch.cat([torch.ones_like(h[:, :1]), h], 1) @ torch.as_tensor(b_in.C).T
+        z = torch.cat([torch.ones_like(h[:, :1]), h], 1) @ torch.tensor(b_in.C).T
         seg = mods[POSITIONS[p]:POSITIONS[p + 1]]
 
         def F(v):
-            return _folded(seg, v @ torch.as_tensor(b_in.C_pinv).T) @ torch.as_tensor(b_out.C).T
+            return _folded(seg, v @ torch.tensor(b_in.C_pinv).T) @ torch.tensor(b_out.C).T
 
         out = torch.stack([F(z * torch.as_tensor(mask[i]))[:, i] for i in range(E.shape[0])], 1)
-        g = out @ torch.as_tensor(b_out.C_pinv).T
+        g = out @ torch.tensor(b_out.C_pinv).T
         np.testing.assert_allclose(g[:, 0].numpy(), 1.0, rtol=1e-12)
         logits = _folded(mods[POSITIONS[p + 1]:], g)[:, 1:]
     y = torch.as_tensor(y)
@@ -156,7 +157,10 @@ def test_search_matches_brute_force_scan(setup, metric, tolerance):
             assert r.n_edges_needed == admissible[0]
         # Every probe was scored as the explicit loop scores it.
         assert r.n_probes == len(r.probes) == len({k for k, _ in r.probes})
-        assert r.probes[0][0] == n_total
+        assert [k for k, _ in r.probes] == sorted(k for k, _ in r.probes)
+        assert r.probes[-1][0] == n_total
+        # A bisection never probes a failing k above its answer: the stable count agrees.
+        assert r.search == "bisect" and r.n_edges_needed_stable == r.n_edges_needed
         for k, value in r.probes:
             assert value == pytest.approx(scores[k], rel=1e-10, abs=1e-12)
         assert r.score_at_needed == pytest.approx(scores[r.n_edges_needed], rel=1e-10, abs=1e-12)
@@ -190,7 +194,8 @@ def test_brute_force_minimum_on_a_monotone_example(setup):
 
 def test_defaults_use_graph_inputs_and_adapter_metric(setup):
     model, X, y, X_eval, y_eval, graph = setup
-    search = EdgeAblationSearch().fit(graph, y)
+    with pytest.warns(InSampleEvaluationWarning, match="scoring on the graph's own inputs"):
+        search = EdgeAblationSearch().fit(graph, y)
     assert search.n_samples_eval_ == X.shape[0]
     r = search.results_[0]
     assert r.metric == "accuracy" and r.tolerance == 1e-3
@@ -198,7 +203,8 @@ def test_defaults_use_graph_inputs_and_adapter_metric(setup):
     assert r.score_at_needed == pytest.approx(
         explicit_score(model, graph, 0, r.n_edges_needed, X, y, "accuracy"))
     loss_graph = graph.replace(adapter=MLPAdapter(model, metric="loss"))
-    assert EdgeAblationSearch().fit(loss_graph, y).results_[0].metric == "loss"
+    with pytest.warns(InSampleEvaluationWarning):
+        assert EdgeAblationSearch().fit(loss_graph, y).results_[0].metric == "loss"
 
 
 def test_tolerance_monotone_and_zero_edges_possible(setup):
@@ -213,7 +219,8 @@ def test_tolerance_monotone_and_zero_edges_possible(setup):
     assert needed[-1] == [0, 0, 0]  # any loss is tolerated: nothing is needed
     r = EdgeAblationSearch(metric="loss", tolerance=100.0).fit(
         graph, X_eval=X_eval, y_eval=y_eval).results_[0]
-    assert r.epsilon == graph.edges[0][1:, 1:].max()  # so that no edge is above epsilon
+    assert r.epsilon == np.inf  # no candidate edge is kept, so there is no smallest kept edge
+    assert r.n_edges_needed == 0 and np.isnan(r.score_at_one_fewer)
 
 
 def test_batch_size_and_mask_chunk_do_not_change_results(setup):
@@ -237,8 +244,9 @@ def test_x_eval_routes_through_pipeline(setup):
     direct = EdgeAblationSearch().fit(graph, X_eval=X_eval, y_eval=y_eval)
     assert search.n_edges_needed_ == direct.n_edges_needed_
     assert [r.base_score for r in search.results_] == [r.base_score for r in direct.results_]
-    # Without the routed parameters the graph's own inputs are used.
-    pipe.fit(X, y)
+    # Without the routed parameters the graph's own inputs are used, with a warning.
+    with pytest.warns(InSampleEvaluationWarning):
+        pipe.fit(X, y)
     assert pipe.named_steps["edgeablationsearch"].n_samples_eval_ == X.shape[0]
     # fit_transform through the pipeline attaches the results to the graph.
     out = make_pipeline(LocalInteractionBasis(adapter), IGEdgeScorer(),
@@ -247,6 +255,7 @@ def test_x_eval_routes_through_pipeline(setup):
     assert len(out.ablation) == 3 and out.ablation[0].metric == "loss"
 
 
+@pytest.mark.filterwarnings("ignore::sklearn_lib._ablation.InSampleEvaluationWarning")
 def test_transform_attaches_results_without_mutating(setup):
     model, X, y, X_eval, y_eval, graph = setup
     search = EdgeAblationSearch().fit(graph, y)
@@ -256,3 +265,120 @@ def test_transform_attaches_results_without_mutating(setup):
     assert out.edges is graph.edges
     again = EdgeAblationSearch().fit_transform(graph, y)
     assert again.ablation == out.ablation
+
+
+# -- scan, stable count, progress ----------------------------------------------------------------
+def _explicit_curve(setup, p, metric):
+    model, X, y, X_eval, y_eval, graph = setup
+    E = graph.edges[p]
+    n_total = (E.shape[0] - 1) * (E.shape[1] - 1)
+    return np.array([explicit_score(model, graph, p, k, X_eval, y_eval, metric)
+                     for k in range(n_total + 1)])
+
+
+def test_scan_of_every_k_finds_first_and_stable_counts(setup):
+    # On pair 0 with loss tolerance 0.01 the score is not monotone: k = 6 keeps the loss within
+    # tolerance, some k between 6 and 10 does not. A bisection reports 6 and cannot see it.
+    model, X, y, X_eval, y_eval, graph = setup
+    scores = _explicit_curve(setup, 0, "loss")
+    ok = scores <= scores[-1] + 0.01
+    first = int(np.argmax(ok))
+    stable = max([k + 1 for k in range(len(ok)) if not ok[k]], default=0)
+    assert (first, stable) == (6, 10)  # the fixture really is non-monotone
+    r = EdgeAblationSearch(metric="loss", tolerance=0.01, search="scan", n_scan_points=100).fit(
+        graph, X_eval=X_eval, y_eval=y_eval).results_[0]
+    assert r.search == "scan"
+    assert [k for k, _ in r.probes] == list(range(len(scores)))  # every k, sorted
+    np.testing.assert_allclose([v for _, v in r.probes], scores, rtol=1e-10, atol=1e-12)
+    assert r.n_edges_needed == first and r.n_edges_needed_stable == stable
+    assert r.score_at_one_fewer == pytest.approx(scores[first - 1], rel=1e-10)
+    bis = EdgeAblationSearch(metric="loss", tolerance=0.01).fit(
+        graph, X_eval=X_eval, y_eval=y_eval).results_[0]
+    assert bis.n_edges_needed == bis.n_edges_needed_stable == 6
+
+
+@pytest.mark.parametrize("n_scan_points", [2, 4, 7])
+def test_coarse_scan_is_refined_to_one_edge(setup, n_scan_points):
+    model, X, y, X_eval, y_eval, graph = setup
+    scores = _explicit_curve(setup, 0, "loss")
+    ok = scores <= scores[-1] + 0.01
+    r = EdgeAblationSearch(metric="loss", tolerance=0.01, search="scan",
+                           n_scan_points=n_scan_points).fit(
+        graph, X_eval=X_eval, y_eval=y_eval).results_[0]
+    probed = [k for k, _ in r.probes]
+    grid = scan_grid(20, n_scan_points)
+    assert set(grid.tolist()) <= set(probed)
+    for k, v in r.probes:
+        assert v == pytest.approx(scores[k], rel=1e-10, abs=1e-12)
+    # The answer keeps the score, one fewer does not, and no grid point below it keeps it.
+    assert ok[r.n_edges_needed] and not ok[r.n_edges_needed - 1]
+    assert not any(ok[k] for k in grid if k < r.n_edges_needed)
+    # The stable count: every probed k from it keeps the score, the one below it fails.
+    s = r.n_edges_needed_stable
+    assert all(ok[k] for k in probed if k >= s) and not ok[s - 1] and (s - 1) in probed
+    assert r.n_edges_needed <= s
+
+
+def test_scan_k_adds_probes(setup):
+    model, X, y, X_eval, y_eval, graph = setup
+    scores = _explicit_curve(setup, 0, "loss")
+    r = EdgeAblationSearch(metric="loss", tolerance=0.01, search="scan", n_scan_points=2,
+                           scan_k=[7, 8, 9, 500]).fit(
+        graph, X_eval=X_eval, y_eval=y_eval).results_[0]
+    probed = {k for k, _ in r.probes}
+    assert {0, 7, 8, 9, 20} <= probed and 500 not in probed
+    # The grid {0, 7, 8, 9, 20} sees the dip above k = 6 that a bare bisection misses.
+    ok = scores <= scores[-1] + 0.01
+    assert not all(ok[[7, 8, 9]]) and r.n_edges_needed_stable == 10
+    for k, v in r.probes:
+        assert v == pytest.approx(scores[k], rel=1e-10, abs=1e-12)
+
+
+def test_scan_grid():
+    np.testing.assert_array_equal(scan_grid(5, 10), np.arange(6))
+    grid = scan_grid(16254, 48)
+    assert grid[0] == 0 and grid[-1] == 16254 and np.all(np.diff(grid) > 0)
+    assert 40 <= len(grid) <= 48
+    # Spaced evenly in log(k + 1): the ratios of successive (k + 1) are about equal at the top.
+    ratios = (grid[1:] + 1) / (grid[:-1] + 1)
+    assert ratios[-10:].max() / ratios[-10:].min() < 1.01
+
+
+def test_progress_bar_moves_per_probe(setup, monkeypatch):
+    import sklearn_lib._ablation as ablation
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, *, total, desc, unit, disable):
+            self.total, self.desc, self.disable = total, desc, disable
+            self.n, self.closed = 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(ablation, "tqdm", Recorder)
+    model, X, y, X_eval, y_eval, graph = setup
+    for search in ("bisect", "scan"):
+        bars.clear()
+        search_ = EdgeAblationSearch(metric="loss", search=search, n_scan_points=5,
+                                     verbose=True).fit(graph, X_eval=X_eval, y_eval=y_eval)
+        assert len(bars) == len(graph.pairs)  # one bar per pair ...
+        for bar, r, pair in zip(bars, search_.results_, graph.pairs):
+            assert bar.n == r.n_probes > 2  # ... that moves once per probe
+            assert not bar.disable and bar.closed and f"{pair[0]} -> {pair[1]}" in bar.desc
+    bars.clear()
+    EdgeAblationSearch(metric="loss").fit(graph, X_eval=X_eval, y_eval=y_eval)
+    assert all(bar.disable for bar in bars)
+
+
+def test_integral_float_labels_equal_integer_labels(setup):
+    model, X, y, X_eval, y_eval, graph = setup
+    a = EdgeAblationSearch(metric="loss").fit(graph, X_eval=X_eval, y_eval=y_eval).results_
+    b = EdgeAblationSearch(metric="loss").fit(graph, X_eval=X_eval,
+                                              y_eval=y_eval.astype(float)).results_
+    assert a == b

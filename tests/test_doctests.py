@@ -11,6 +11,7 @@ MODULES = [
     "sklearn_lib._edges",
     "sklearn_lib._ablation",
     "sklearn_lib._graph",
+    "sklearn_lib._plotting",
     "sklearn_lib.adapters._torch",
     "sklearn_lib.adapters._check",
     "sklearn_lib.adapters._module",

@@ -25,6 +25,7 @@ from sklearn_lib import (
     plot_interaction_graph,
     quadrature,
 )
+from sklearn_lib._ablation import InSampleEvaluationWarning
 from sklearn_lib._common import resolve_device, resolve_dtype
 from sklearn_lib._linalg import MomentAccumulator
 from sklearn_lib.adapters import MLPAdapter
@@ -483,11 +484,77 @@ def test_eval_data_errors(problem, graphs):
         EdgeAblationSearch().fit(g1)
     with pytest.raises(ValueError, match="X_eval has 80 samples but y_eval has 79"):
         EdgeAblationSearch().fit(g1, X_eval=X, y_eval=y[:-1])
-    with pytest.raises(ValueError, match="X_eval has 80 samples but y_eval has 79"):
-        EdgeAblationSearch().fit(g1, y[:-1])  # the graph's own inputs
-    with pytest.raises(ValueError, match="The model output has 80 predictions but y has 160 "
-                                         "labels; pass one label per sample"):
-        EdgeAblationSearch().fit(g1, np.stack([y, y], axis=1))
+    with pytest.warns(InSampleEvaluationWarning), \
+            pytest.raises(ValueError, match="The graph's inputs have 80 samples but y has 79"):
+        EdgeAblationSearch().fit(g1, y[:-1])
+    with pytest.raises(ValueError, match=r"y_eval has shape \(80, 2\) but the model's outputs "
+                                         r"have shape \(n_samples, 3\); pass one label per sample "
+                                         r".*shape \(n_samples,\)"):
+        EdgeAblationSearch().fit(g1, X_eval=X, y_eval=np.stack([y, y], axis=1))
+    with pytest.raises(ValueError, match=r"y_eval must have shape \(n_samples,\) or "
+                                         r"\(n_samples, n_positions\); got \(80, 1, 1\)"):
+        EdgeAblationSearch().fit(g1, X_eval=X, y_eval=y[:, None, None])
+
+
+def test_in_sample_evaluation_warns(problem, graphs):
+    model, adapter, X, y = problem
+    with pytest.warns(InSampleEvaluationWarning, match="Pass held-out data with fit\(graph, "
+                                                       "X_eval=..., y_eval=...\)"):
+        EdgeAblationSearch(metric="loss").fit(graphs[1], y)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EdgeAblationSearch(metric="loss").fit(graphs[1], X_eval=X, y_eval=y)
+
+
+@pytest.mark.parametrize("labels,message", [
+    (lambda y: y + 0.5, r"y_eval holds non-integral values such as 0.5; pass integer class "
+                        r"labels in \[0, n_classes\)"),
+    (lambda y: np.where(np.arange(y.size) == 3, np.nan, y),
+     "y_eval contains NaN or inf; every sample needs a class label"),
+    (lambda y: np.full(y.shape, np.inf), "y_eval contains NaN or inf"),
+    (lambda y: y > 0, r"y_eval holds booleans; pass integer class labels in \[0, n_classes\)"),
+    (lambda y: y.astype(str), "y_eval must hold integer class labels; got dtype <U21. Encode "
+                              "string labels with sklearn.preprocessing.LabelEncoder"),
+    (lambda y: y.astype(object), "y_eval must hold integer class labels; got dtype object"),
+    (lambda y: y + 0j, "y_eval must hold integer class labels; got dtype complex128"),
+    (lambda y: [[1], [1, 2]] * 40, "y_eval must be an array of integer class labels"),
+    (lambda y: np.where(np.arange(y.size) == 0, -100, y),
+     r"y_eval holds labels from -100 to 2 but the model has 3 classes \(the last dimension of "
+     r"its outputs\); labels must lie in \[0, 3\). Ignore-index labels such as -100 are not "
+     "supported"),
+    (lambda y: y + 3, r"y_eval holds labels from 3 to 5 but the model has 3 classes"),
+    (lambda y: np.where(np.arange(y.size) == 7, 3, y), r"labels from 0 to 3 .* \[0, 3\)"),
+])
+def test_invalid_labels(problem, graphs, labels, message):
+    # Before, out-of-range labels scored 0 and reported 0 edges needed on every pair; floats,
+    # NaN and bools were cast silently; -100 was dropped by the loss.
+    model, adapter, X, y = problem
+    for metric in ("accuracy", "loss"):
+        with pytest.raises(ValueError, match=message):
+            EdgeAblationSearch(metric=metric).fit(graphs[1], X_eval=X, y_eval=labels(y))
+
+
+def test_scan_k_errors(problem, graphs):
+    model, adapter, X, y = problem
+    for bad in ([-1, 3], [1.5], ["a"]):
+        with pytest.raises(ValueError, match="scan_k must hold non-negative integers"):
+            EdgeAblationSearch(search="scan", scan_k=bad).fit(graphs[1], X_eval=X, y_eval=y)
+    with pytest.raises(ValueError, match="scan_k is used by search='scan' only; set "
+                                         "search='scan'"):
+        EdgeAblationSearch(scan_k=[3]).fit(graphs[1], X_eval=X, y_eval=y)
+
+
+def test_accuracy_tolerance_must_be_below_one(problem, graphs):
+    model, adapter, X, y = problem
+    for tol in (1.0, 1.5):
+        with pytest.raises(ValueError, match=f"tolerance={tol} with metric='accuracy' allows any "
+                                             r"score \(accuracy lies in \[0, 1\]\), so every "
+                                             "pair would need 0 edges. Pass a tolerance below 1"):
+            EdgeAblationSearch(tolerance=tol).fit(graphs[1], X_eval=X, y_eval=y)
+    # A loss tolerance has no such bound.
+    EdgeAblationSearch(metric="loss", tolerance=1.5).fit(graphs[1], X_eval=X, y_eval=y)
 
 
 def test_trapezoidal_needs_two_points(graphs):
@@ -534,15 +601,25 @@ def test_refitted_graph_mismatch_in_transform(problem, graphs):
 
 def test_invalid_edges_for_modularity(graphs):
     g2 = graphs[2]
-    negative = g2.replace(edges=(-g2.edges[0],) + g2.edges[1:])
+    # New edges drop the ablation results derived from the old ones ...
+    with pytest.raises(ValueError, match="LeidenModularity needs ablation in the InteractionGraph"):
+        LeidenModularity().fit(g2.replace(edges=(-g2.edges[0],) + g2.edges[1:]))
+    # ... and results passed along with edges they were not computed on are refused.
+    negative = g2.replace(edges=(-g2.edges[0],) + g2.edges[1:], ablation=g2.ablation)
     with pytest.raises(ValueError, match=r"Edges of pair \('input', '1'\) must be finite and "
                                          "non-negative; recompute them with IGEdgeScorer"):
         LeidenModularity().fit(negative)
     nan = g2.edges[1].copy()
     nan[1, 1] = np.nan
     with pytest.raises(ValueError, match=r"Edges of pair \('1', '3'\) must be finite"):
-        LeidenModularity().fit(g2.replace(edges=(g2.edges[0], nan, g2.edges[2])))
-    zero_eps = dataclasses.replace(g2.ablation[2], epsilon=0.0)
-    with pytest.raises(ValueError, match=r"epsilon of pair \('3', '4'\) is 0, so log\(E / "
-                                         r"epsilon\) is infinite"):
-        LeidenModularity().fit(g2.replace(ablation=g2.ablation[:2] + (zero_eps,)))
+        LeidenModularity().fit(g2.replace(edges=(g2.edges[0], nan, g2.edges[2]),
+                                          ablation=g2.ablation))
+    # epsilon 0: the search kept edges equal to 0 (all candidate edges of pair 2 zeroed here).
+    E2 = g2.edges[2].copy()
+    E2[1:, 1:] = 0.0
+    zero_eps = dataclasses.replace(g2.ablation[2], epsilon=0.0, n_edges_nonzero=0,
+                                   n_edges_needed=max(1, g2.ablation[2].n_edges_needed))
+    with pytest.raises(ValueError, match=r"epsilon of pair \('3', '4'\) is 0 \(the search kept "
+                                         r"edges equal to 0\), so log\(E / epsilon\) is infinite"):
+        LeidenModularity().fit(g2.replace(edges=g2.edges[:2] + (E2,),
+                                          ablation=g2.ablation[:2] + (zero_eps,)))

@@ -80,7 +80,8 @@ def test_full_pipeline_fits_and_transforms(problem, first):
     # The steps agree with each other.
     steps = pipe.named_steps
     assert graph.ablation == tuple(steps["edgeablationsearch"].results_)
-    assert all(e is f for e, f in zip(graph.edges, steps["igedgescorer"].edges_))
+    for e, f in zip(graph.edges, steps["igedgescorer"].edges_):
+        np.testing.assert_array_equal(e, f)
     assert "computed=['edges', 'ablation', 'communities']" in repr(graph)
 
 
@@ -239,15 +240,21 @@ def test_to_networkx_and_igraph(full_graph):
         i, j = np.unravel_index(np.argmax(E[1:, 1:]), E[1:, 1:].shape)
         data = g.edges[(a, j + 1), (b, i + 1)]
         assert data["weight"] == E[i + 1, j + 1] and data["kept"] is True
-        kept = sum(1 for u, v, d in g.edges(data=True)
-                   if d["kept"] and u[0] == a and u[1] > 0 and v[1] > 0)
-        assert kept == int((E[1:, 1:] > result.epsilon).sum())
+        kept = {(v[1], u[1]) for u, v, d in g.edges(data=True)
+                if d["kept"] and u[0] == a and u[1] > 0 and v[1] > 0}
+        # Exactly the edges the search kept: as many as it needed, epsilon the smallest.
+        assert len(kept) == result.n_edges_needed
+        mask = graph.kept_mask(p)
+        assert kept == {(i, j) for i, j in zip(*np.nonzero(mask)) if i > 0 and j > 0}
+        if result.n_edges_needed:
+            assert min(E[i, j] for i, j in kept) == result.epsilon
     node = g.nodes[("1", 2)]
     assert node["layer"] == "1" and node["feature"] == 2 and not node["constant"]
     assert node["community"] == graph.communities[1][2]
     ig = graph.to_igraph()
     assert ig.vcount() == n_nodes and ig.ecount() == n_edges
     assert sorted(ig.es["weight"]) == sorted(d["weight"] for _, _, d in g.edges(data=True))
+    assert sum(ig.es["kept"]) == sum(d["kept"] for _, _, d in g.edges(data=True))
 
 
 def test_plot_returns_axes(full_graph):

@@ -100,16 +100,19 @@ def scored_graph():
 
 
 def _modularity_graph(graph) -> nx.Graph:
-    """Independently built: non-constant nodes, weights log(E / epsilon) for E > epsilon."""
+    """Independently built: non-constant nodes; the n_edges_needed largest candidate edges (ties
+    in row-major order, as Python's stable sort leaves them) with weights log(E / epsilon),
+    zero weights at epsilon included."""
     g = nx.Graph()
     for layer, basis in zip(graph.layers, graph.bases):
         g.add_nodes_from((layer, i) for i in range(1, basis.n_features))
     for p, ((a, b), result) in enumerate(zip(graph.pairs, graph.ablation)):
         E = graph.edges[p]
-        for i in range(1, E.shape[0]):
-            for j in range(1, E.shape[1]):
-                if E[i, j] > result.epsilon:
-                    g.add_edge((a, j), (b, i), weight=float(np.log(E[i, j] / result.epsilon)))
+        cand = [(float(E[i, j]), i, j) for i in range(1, E.shape[0]) for j in range(1, E.shape[1])]
+        kept = sorted(cand, key=lambda t: -t[0])[: result.n_edges_needed]
+        for value, i, j in kept:
+            assert value >= result.epsilon
+            g.add_edge((a, j), (b, i), weight=float(np.log(value / result.epsilon)))
     return g
 
 
@@ -124,8 +127,8 @@ def test_modularity_equals_networkx_quality(scored_graph, resolution):
     assert all(parts) and sum(map(len, parts)) == g.number_of_nodes()
     Q = nx.community.modularity(g, parts, weight="weight", resolution=resolution)
     assert leiden.modularity_ == pytest.approx(Q, rel=1e-9, abs=1e-12)
-    # Isolated nodes (every edge at or below epsilon) are communities of their own.
-    for node in nx.isolates(g):
+    # Nodes without an edge of positive weight are communities of their own.
+    for node in [n for n in g if all(d["weight"] == 0 for *_, d in g.edges(n, data=True))]:
         assert sum(membership[m] == membership[node] for m in g) == 1
 
 
@@ -160,7 +163,37 @@ def test_communities_shape_and_transform(scored_graph):
     np.testing.assert_array_equal(used, np.arange(leiden.n_communities_))
     out = leiden.transform(scored_graph)
     assert scored_graph.communities is None and scored_graph.modularity is None
-    assert out.communities is leiden.communities_ and out.modularity == leiden.modularity_
+    for a, b in zip(out.communities, leiden.communities_):
+        np.testing.assert_array_equal(a, b)
+    assert out.modularity == leiden.modularity_
     again = LeidenModularity().fit_transform(scored_graph)
     for a, b in zip(again.communities, out.communities):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ties_at_epsilon_weigh_zero(scored_graph):
+    # Pair 0 with every candidate edge equal: the kept ones are exactly at epsilon, weigh
+    # log 1 = 0 and add nothing, so the input features end up alone; Q is the one networkx
+    # computes with the zero-weight edges present.
+    model = random_mlp([5, 8, 7, 4], nn.ReLU, seed=0)
+    X_eval = gaussian_data(150, 5, seed=50)
+    E0 = scored_graph.edges[0].copy()
+    E0[1:, 1:] = 0.5
+    tied = EdgeAblationSearch(metric="loss", tolerance=0.01).fit_transform(
+        scored_graph.replace(edges=(E0,) + scored_graph.edges[1:]), X_eval=X_eval,
+        y_eval=model_labels(model, X_eval))
+    r = tied.ablation[0]
+    assert 0 < r.n_edges_needed < r.n_edges_total and r.epsilon == 0.5
+    # The old rule (E > epsilon) kept none of these edges.
+    assert tied.kept_mask(0)[1:, 1:].sum() == r.n_edges_needed
+    leiden = LeidenModularity().fit(tied)
+    first = leiden.communities_[0][1:]
+    assert len(set(first.tolist())) == first.size
+    assert not set(first.tolist()) & set(np.concatenate(leiden.communities_[1:]).tolist())
+    g = _modularity_graph(tied)
+    assert sum(1 for *_, d in g.edges(data=True) if d["weight"] == 0) >= r.n_edges_needed
+    membership = {(layer, i): int(c[i]) for layer, c in zip(tied.layers, leiden.communities_)
+                  for i in range(1, len(c))}
+    parts = [{n for n in g if membership[n] == k} for k in range(leiden.n_communities_)]
+    Q = nx.community.modularity(g, parts, weight="weight")
+    assert leiden.modularity_ == pytest.approx(Q, rel=1e-9, abs=1e-12)
