@@ -96,14 +96,14 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         X = check_data(adapter, X, type(self).__name__)
         dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
         generator = torch_generator(self.random_state)
-        # One stream for every LIB layer: its activations are kept between layers when they
-        # fit the stream's memory budget.
+        # One stream for the moments and every LIB layer: the activations the moments pass
+        # computes are kept for the Jacobian passes when they fit the stream's memory budget.
         stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
-                                  device=device, keep=layers[:-1], verbose=self.verbose)
+                                  device=device, keep=layers, verbose=self.verbose)
         pca = fit_pca_bases(
             adapter, X, layers, whiten=True, rotate_final=self.rotate_final, rtol=self.rtol,
             atol=self.atol, batch_size=self.batch_size, dtype=dtype, device=device,
-            verbose=self.verbose,
+            verbose=self.verbose, stream=stream,
         )
         bases: list[LayerBasis | None] = [None] * len(layers)
         bases[-1] = pca[-1]
