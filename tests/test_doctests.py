@@ -15,6 +15,7 @@ MODULES = [
     "sklearn_lib.adapters._transformer_lens",
     "sklearn_lib.tasks._modular_addition",
     "sklearn_lib.tasks._fourier",
+    "sklearn_lib.tasks._presets",
 ]
 
 

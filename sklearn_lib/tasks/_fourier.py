@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["feature_labels", "fourier_terms", "fourier_label", "grid_features", "monosemanticity"]
+__all__ = ["fourier_labels", "fourier_terms", "fourier_label", "grid_features", "monosemanticity"]
 
 
 def _canonical(a: int, b: int, p: int) -> tuple[int, int]:
@@ -112,14 +112,52 @@ def grid_features(graph, modulus: int, *, position: int | None = None,
     return out
 
 
-def feature_labels(graph, modulus: int, *, max_features: int = 20,
+def fourier_labels(graph, modulus: int | None = None, *, max_features: int = 20,
                    position: int | None = None) -> tuple[dict, dict]:
-    """Fourier labels and monosemanticity of the first ``max_features`` features of each layer.
+    """Fourier labels and monosemanticity of the first features of a modular-addition graph.
 
-    Returns ``(labels, monosemanticity)``: ``labels[(layer, i)]`` is a string such as
-    ``"92% cos(7x+7y)"``; ``monosemanticity[layer]`` is the list of the largest-term fractions
-    of features ``1..max_features`` (the measure of the paper's section 3.1.2).
+    Each feature is evaluated on all ``p * p`` input pairs and decomposed into real Fourier
+    terms ``cos(2 pi (a x + b y) / p + phase)`` (paper appendix F); the label names the terms
+    explaining at least 10% of its variance, and the monosemanticity is the fraction explained
+    by the largest one (section 3.1.2).
+
+    Parameters
+    ----------
+    graph : InteractionGraph
+        A graph of a modular-addition model (any basis; edges not needed), with its adapter.
+    modulus : int, default=None
+        ``p``; by default read from the graph's adapter (the vocabulary size minus the "="
+        token).
+    max_features : int, default=20
+        Features ``1..max_features`` of each layer are labelled (feature 0 is the constant).
+    position : int, default=None
+        For layers with several positions: the feature at one position, or (None) summed over
+        positions (at ``resid_pre`` position 0 carries x and position 1 carries y).
+
+    Returns
+    -------
+    labels : dict of (str, int) to str
+        ``labels[(layer, i)]``, e.g. ``"92% cos(7x+7y)"``; ``"constant"`` or ``"mixed"`` (no
+        term above 10%). The format ``plot_interaction_graph(feature_labels=...)`` takes.
+    monosemanticity : dict of str to list of float
+        Per layer, the largest-term fraction of features ``1..max_features``.
+
+    Examples
+    --------
+    >>> from sklearn_lib import PCAWhitener
+    >>> from sklearn_lib.tasks import fourier_labels, modadd_preset
+    >>> preset = modadd_preset(seed=0)
+    >>> graph = PCAWhitener(preset.adapter, rotate_final=False).fit_transform(preset.X_train)
+    >>> labels, mono = fourier_labels(graph, max_features=3)
+    >>> sorted(mono) == sorted(graph.layers)
+    True
+    >>> labels[("blocks.0.hook_resid_mid", 1)]
+    '...cos(...'
     """
+    if modulus is None:
+        modulus = _modulus_of(graph)
+    if not isinstance(max_features, int) or max_features < 1:
+        raise ValueError(f"max_features must be a positive int; got {max_features!r}.")
     feats = grid_features(graph, modulus, position=position)
     labels, mono = {}, {}
     for layer, F in feats.items():
@@ -128,3 +166,15 @@ def feature_labels(graph, modulus: int, *, max_features: int = 20,
             labels[(layer, i)] = fourier_label(F[:, i], modulus)
             mono[layer].append(monosemanticity(F[:, i], modulus))
     return labels, mono
+
+
+def _modulus_of(graph) -> int:
+    """``p`` of a modular-addition model: its vocabulary holds 0..p-1 and the "=" token."""
+    model = getattr(getattr(graph, "adapter", None), "model", None)
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if d_vocab is None:
+        raise ValueError(
+            "modulus=None needs a graph whose adapter holds a HookedTransformer (to read "
+            "d_vocab); pass modulus=p."
+        )
+    return int(d_vocab) - 1
