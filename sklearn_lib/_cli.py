@@ -106,6 +106,8 @@ def _check_creatable_folder(flag: str, folder: Path) -> None:
     """``folder`` exists as a writable folder, or can be created under a writable one."""
     base = _nearest_existing(folder)
     if not base.is_dir():
+        if base == folder:
+            raise UsageError(flag, f"{str(base)!r} is a file, not a folder; choose another path")
         raise UsageError(flag, f"{str(base)!r} is a file, so the folder {str(folder)!r} "
                                f"cannot be created; choose another path")
     if not os.access(base, os.W_OK | os.X_OK):
@@ -263,4 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m sklearn_lib._cli``: run the imported module's main, so that the subcommand
+    # modules and this one share one UsageError class.
+    from sklearn_lib._cli import main as _main
+
+    sys.exit(_main())

@@ -114,7 +114,7 @@ def add_modadd_parser(sub, **kwargs) -> argparse.ArgumentParser:
                             "unless --checkpoint is given)")
     which.add_argument("--checkpoint",
                        help="your own HookedTransformer state_dict (.pt) instead of a shipped "
-                            "seed")
+                            "seed (default: none, the shipped --seed is used)")
     p.add_argument("--config",
                    help="config.json of --checkpoint (model and dataset sections; default: the "
                         "config.json next to the checkpoint)")

@@ -59,8 +59,8 @@ def run_modadd_experiment(
     split (accuracy within ``tolerance``), runs Leiden; returns the figures as a JSON-ready
     dict. With no checkpoint, the shipped checkpoint ``seed`` is used. The split defaults to
     the one in the checkpoint's config. ``rtol`` and ``atol`` default to None: the basis
-    estimators' own defaults (``rtol=0, atol=1e-15`` reproduces the reference
-    implementation's absolute cut).
+    estimators' own defaults (``rtol=0`` with the reference's absolute ``atol`` reproduces
+    the reference implementation's cut; see ``tests/test_reference_modadd.py``).
     """
     import torch
 
