@@ -48,8 +48,8 @@ def _kept_mask(graph, p: int) -> np.ndarray | None:
 
 
 def _wrap_label(text: str) -> str:
-    """One Fourier term (or phrase) per line: ``"70% cos(7x+7y) +\n30% cos(x)"``."""
-    return " +\n".join(part.strip() for part in str(text).split(" + "))
+    """One term per line: ``"70% cos(7x+7y) + 30% cos(x)"`` becomes two lines."""
+    return "\n".join(part.strip() for part in str(text).split(" + "))
 
 
 def _text_width_pt(lines: list[str], size: float) -> float:
@@ -288,8 +288,10 @@ def plot_interaction_graph(
         dx = 1.3 * _NODE_RADIUS_IN / spacing_in
         for (li, i), lines in raw.items():
             x, y = pos[(li, i)]
-            ax.plot([x, x], [y - block / 2.0, y + block / 2.0], color="0.3", linewidth=0.8,
-                    zorder=2)
+            # The stem joins the node to where its edges start and end.
+            low = y - block / 2.0 if li > 0 else y
+            high = y + block / 2.0 if li < n_layers - 1 else y
+            ax.plot([x, x], [low, high], color="0.3", linewidth=0.8, zorder=2)
             ax.text(x + dx, y, "\n".join(_fit_lines(lines, font, avail_pt)), ha="left",
                     va="center", fontsize=font, linespacing=1.15, zorder=4, clip_on=False)
 

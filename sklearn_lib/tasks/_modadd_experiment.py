@@ -120,7 +120,7 @@ def run_modadd_experiment(
 
     say("Fourier labels of the first features")
     modulus = info["modulus"]
-    n_shown = 16
+    n_shown = 12  # features drawn per layer: 12 labelled nodes fit a 20-inch-wide figure
     labels, mono = fourier_labels(graph, modulus, max_features=max(n_labelled, n_shown))
     if figure is not None:
         import matplotlib
@@ -130,14 +130,13 @@ def run_modadd_experiment(
 
         from sklearn_lib._plotting import plot_interaction_graph
 
-        n_layers = len(graph.layers)
-        fig, ax = plt.subplots(figsize=(18, 2.9 * n_layers + 1.5))
-        plot_interaction_graph(
-            graph, ax=ax, max_features=n_shown, feature_labels=labels,
+        # The function sizes the figure to the labels (readable type, no overlaps).
+        ax = plot_interaction_graph(
+            graph, max_features=n_shown, feature_labels=labels,
             title=f"{basis.upper()} interaction graph, modular addition ({preset.name})",
         )
-        fig.savefig(figure, dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        ax.figure.savefig(figure, dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)
     params = estimator.get_params()
 
     pairs = []
