@@ -8,7 +8,8 @@ __all__ = ["plot_interaction_graph"]
 
 
 #: Communities coloured individually; smaller ones share the "other" grey. tab20's strong
-#: shades first, then its light ones: 20 colours, none repeated.
+#: shades, then its light ones, without its two greys (they would read as "other"), then two
+#: dark tab20b shades: 20 colours, none repeated, none grey.
 MAX_COMMUNITY_COLOURS = 20
 _OTHER_COLOUR = "0.78"
 _NO_COMMUNITY_COLOUR = "white"
@@ -23,8 +24,10 @@ _EDGE_BAND_IN = 1.25  # height of the band between two layers' label blocks, for
 def _community_palette() -> list:
     import matplotlib
 
-    tab20 = matplotlib.colormaps["tab20"]
-    return [tab20(i) for i in [*range(0, 20, 2), *range(1, 20, 2)]]
+    tab20, tab20b = matplotlib.colormaps["tab20"], matplotlib.colormaps["tab20b"]
+    strong = [tab20(i) for i in range(0, 20, 2) if i != 14]
+    light = [tab20(i) for i in range(1, 20, 2) if i != 15]
+    return strong + light + [tab20b(0), tab20b(4)]
 
 
 def _kept_mask(graph, p: int) -> np.ndarray | None:
@@ -194,14 +197,18 @@ def plot_interaction_graph(
     gap_in = 2.6 * _NODE_RADIUS_IN
     spacing_target = max(0.6, width8 * _LABEL_FONT_MAX / 8.0 + gap_in) if raw else 0.6
 
-    if ax is None:
+    if ax is None:  # a figure sized in inches to the nodes, labels, title and legends
         import matplotlib.pyplot as plt
 
         block_target = (max_lines * 1.3 * _LABEL_FONT_MAX / 72.0 + 0.1) if raw else 0.0
-        fig_w = spacing_target * (width_nodes + 0.5) + 2.6
-        fig_h = n_layers * block_target + (n_layers - 1) * _EDGE_BAND_IN + 0.8
-        fig_h += 1.6 if legend else 0.0
-        _, ax = plt.subplots(figsize=(fig_w, fig_h))
+        ax_w = spacing_target * (width_nodes + (0.5 if raw else 0.0))
+        ax_h = n_layers * block_target + (n_layers - 1) * _EDGE_BAND_IN + 0.5
+        left, right = 2.4, 0.2
+        bottom = 1.7 if legend else 0.3
+        top = 0.5 + (0.85 if feature_labels else 0.0)  # the title's padding
+        fig_w, fig_h = left + ax_w + right, bottom + ax_h + top
+        fig = plt.figure(figsize=(fig_w, fig_h))
+        ax = fig.add_axes((left / fig_w, bottom / fig_h, ax_w / fig_w, ax_h / fig_h))
     fig = ax.figure
     bbox = ax.get_position()
     ax_w = bbox.width * fig.get_figwidth()
@@ -217,7 +224,7 @@ def plot_interaction_graph(
     block = (max_lines * line_in + 0.1) if raw else 0.0
     margin = 0.25
     band = (ax_h - 2 * margin - n_layers * block) / max(1, n_layers - 1)
-    if raw and band < 0.3:  # labels taller than the axes allow: smaller type, fewer lines
+    if raw and band < 0.3:  # labels taller than the axes allow: the smallest type
         font = _LABEL_FONT_MIN
         line_in = 1.3 * font / 72.0
         block = max_lines * line_in + 0.1

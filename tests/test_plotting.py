@@ -132,6 +132,8 @@ def test_colours_do_not_repeat_and_small_communities_are_other(graph):
     coloured = {c: col for c, col in colour_of.items() if not np.allclose(col, grey)}
     assert len(coloured) == min(20, len(sizes))
     assert len(set(coloured.values())) == len(coloured)  # no colour reused
+    # No community colour is a grey that could be read as "other".
+    assert all(np.ptp(np.asarray(col[:3])) > 0.1 for col in coloured.values())
     # The coloured ones are the largest (ties by id).
     ranked = sorted(sizes, key=lambda c: (-sizes[c], c))
     assert set(coloured) == set(ranked[:20])

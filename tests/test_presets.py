@@ -167,4 +167,5 @@ def test_modadd_preset_reproduces_the_cli(tmp_path):
         [p["n_edges_needed"] for p in cli["pairs"]]
     assert [r.score_at_needed for r in graph.ablation] == \
         [p["accuracy_at_needed"] for p in cli["pairs"]]
-    assert graph.modularity == pytest.approx(cli["modularity"], abs=1e-12)
+    # Leiden on the same edges; only float summation order (threads) may differ.
+    assert graph.modularity == pytest.approx(cli["modularity"], rel=1e-6)

@@ -94,22 +94,35 @@ def monosemanticity(values: np.ndarray, modulus: int | None = None) -> float:
 
 
 def grid_features(graph, modulus: int, *, position: int | None = None,
-                  batch_size: int = 2048) -> dict:
+                  batch_size: int = 2048, max_features: int | None = None) -> dict:
     """Basis features of every layer of a modular-addition graph on the full ``p x p`` grid.
 
-    Returns ``{layer: ndarray (p * p, n_features)}``. For layers with several positions the
-    feature is summed over positions (``position=None``: at ``resid_pre`` position 0 carries x
-    and position 1 carries y, so the sum shows both) or read at one ``position``. Feature 0 is
-    the constant.
+    Returns ``{layer: ndarray (p * p, n_features)}`` (features ``0..max_features`` when
+    ``max_features`` is given). For layers with several positions the feature is summed over
+    positions (``position=None``: at ``resid_pre`` position 0 carries x and position 1 carries
+    y, so the sum shows both) or read at one ``position``. Feature 0 is the constant. One
+    forward pass per batch serves every layer.
     """
+    import torch
+
     from sklearn_lib.tasks._modular_addition import modular_addition_grid
 
+    if graph.adapter is None:
+        raise ValueError("grid_features needs the graph's adapter; this graph has none.")
     tokens, _ = modular_addition_grid(modulus)
-    out = {}
-    for layer in graph.layers:
-        F = graph.features(layer, tokens, batch_size=batch_size)
-        out[layer] = F.sum(axis=1) if position is None else F[:, position, :]
-    return out
+    dtype, device = torch.float64, torch.device("cpu")
+    stop = None if max_features is None else max_features + 1
+    Cs = {layer: torch.as_tensor(graph.basis_of(layer).C[:stop], dtype=dtype)
+          for layer in graph.layers}
+    parts: dict[str, list] = {layer: [] for layer in graph.layers}
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            acts = graph.adapter.activations(tokens[start:start + batch_size], list(graph.layers),
+                                             dtype=dtype, device=device)
+            for layer in graph.layers:
+                F = acts[layer] @ Cs[layer].T  # (batch, positions, features)
+                parts[layer].append((F.sum(1) if position is None else F[:, position]).numpy())
+    return {layer: np.concatenate(chunks, axis=0) for layer, chunks in parts.items()}
 
 
 def fourier_labels(graph, modulus: int | None = None, *, max_features: int = 20,
@@ -158,7 +171,7 @@ def fourier_labels(graph, modulus: int | None = None, *, max_features: int = 20,
         modulus = _modulus_of(graph)
     if not isinstance(max_features, int) or max_features < 1:
         raise ValueError(f"max_features must be a positive int; got {max_features!r}.")
-    feats = grid_features(graph, modulus, position=position)
+    feats = grid_features(graph, modulus, position=position, max_features=max_features)
     labels, mono = {}, {}
     for layer, F in feats.items():
         mono[layer] = []

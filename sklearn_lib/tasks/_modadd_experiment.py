@@ -133,7 +133,7 @@ def run_modadd_experiment(
         # The function sizes the figure to the labels (readable type, no overlaps).
         ax = plot_interaction_graph(
             graph, max_features=n_shown, feature_labels=labels,
-            title=f"{basis.upper()} interaction graph, modular addition ({preset.name})",
+            title=f"{basis.upper()} interaction graph, {preset.name}",
         )
         ax.figure.savefig(figure, dpi=110, bbox_inches="tight")
         plt.close(ax.figure)
