@@ -68,7 +68,8 @@ def run_demo(out_dir: str | Path = "sklearn-lib-demo", *, seed: int = 0, verbose
         print(f"{name}: modularity Q = {g.modularity:.3f}, "
               f"{len({int(c) for cs in g.communities for c in cs if c >= 0})} communities, "
               f"pipeline {timings[name]:.1f} s")
-    fig, axes = plt.subplots(1, 2, figsize=(20, 9))
+    fig, axes = plt.subplots(1, 2, figsize=(22, 9))
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.2, wspace=0.3)  # room for the labels
     for ax, (name, g) in zip(axes, graphs.items()):
         plot_interaction_graph(g, ax=ax, max_features=16,
                                title=f"{name} interaction graph (digits MLP)")

@@ -329,8 +329,8 @@ def plot_interaction_graph(
                                        label=f"E\u00b2 = {w:.0%} of the pair's largest"))
         leg = ax.legend(handles=edge_handles, loc="upper right", bbox_to_anchor=(1.0, -0.01),
                         fontsize=8, title_fontsize=8,
-                        title=(f"edge width \u221d E\u00b2; edges with E\u00b2 below "
-                               f"{min_relative_edge:.1%} of the pair's largest not drawn"),
+                        title=(f"edge width \u221d E\u00b2 (edges below {min_relative_edge:.1%}\n"
+                               f"of the pair's largest E\u00b2 are not drawn)"),
                         frameon=False)
         if graph.communities is not None:
             ax.add_artist(leg)
@@ -341,10 +341,11 @@ def plot_interaction_graph(
                 handles.append(Patch(facecolor=_OTHER_COLOUR, edgecolor="black", linewidth=0.5,
                                      label=f"other: {n_other} smaller"))
             n_total = len({int(c) for cs in graph.communities for c in np.asarray(cs) if c >= 0})
-            ncol = max(1, min(5, int((ax_w - 2.5) // 1.3)))
+            # Columns of ~1.1 inch beside the edge legend (~3.3 inches wide).
+            ncol = max(1, min(5, int((ax_w - 3.5) // 1.1)))
             ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.01),
                       fontsize=8, ncol=ncol, frameon=False, title_fontsize=8,
-                      title=(f"node colour = Leiden community (nodes shown); "
+                      title=(f"node colour = Leiden community (size among nodes shown)\n"
                              f"{len(sizes)} of {n_total} communities appear here"))
     ax.set_xticks([])
     for side in ("top", "right", "bottom"):
