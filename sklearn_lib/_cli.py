@@ -129,12 +129,13 @@ def check_output_file(flag: str, path: str, *, suffixes: set[str] | None = None)
     """
     p = Path(path).expanduser()
     if path.endswith(("/", os.sep)) or p.is_dir():
+        example = p / ("graph.png" if suffixes else "results.json")
         raise UsageError(flag, f"{path!r} is a folder; give a file name such as "
-                               f"{str(p / ('results' + (min(suffixes) if suffixes else '.json')))!r}")
+                               f"{str(example)!r}")
     if suffixes is not None and p.suffix.lower() not in suffixes:
-        shown = ", ".join(sorted(suffixes))
-        raise UsageError(flag, f"{path!r} has {'no extension' if not p.suffix else 'extension ' + repr(p.suffix)}; "
-                               f"the figure format follows the extension, one of {shown}")
+        found = f"extension {p.suffix!r}" if p.suffix else "no extension"
+        raise UsageError(flag, f"{path!r} has {found}; the figure format follows the "
+                               f"extension, one of {', '.join(sorted(suffixes))}")
     if p.exists() and not os.access(p, os.W_OK):
         raise UsageError(flag, f"{path!r} exists and is not writable; choose another path")
     _check_creatable_folder(flag, p.parent if str(p.parent) else Path("."))
