@@ -168,7 +168,6 @@ def plot_interaction_graph(
     >>> [t.get_text().splitlines()[1] for t in ax.get_yticklabels()]
     ['showing 4 of 4 features', 'showing 4 of 6 features', 'showing 3 of 3 features']
     """
-    import matplotlib
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
