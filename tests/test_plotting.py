@@ -66,12 +66,19 @@ def test_kept_mask_keeps_the_needed_largest_candidates_and_the_constant(graph):
             assert cand[cand_kept].min() >= cand[~cand_kept].max()
 
 
+def _needing(result, E, k):
+    """``result`` rewritten to keep the ``k`` largest candidates of ``E`` (consistent epsilon)."""
+    cand = np.sort(np.asarray(E)[1:, 1:].ravel())[::-1]
+    return dataclasses.replace(result, n_edges_needed=k, epsilon=float(cand[k - 1]),
+                               n_edges_nonzero=int((cand > 0).sum()))
+
+
 def test_kept_mask_breaks_ties_in_stable_order(graph):
     E = np.asarray(graph.edges[0]).copy()
     E[1:, 1:] = 1.0
     k = 5
     ablation = list(graph.ablation)
-    ablation[0] = dataclasses.replace(ablation[0], n_edges_needed=k)
+    ablation[0] = _needing(ablation[0], E, k)
     g = graph.replace(edges=(E, *graph.edges[1:]), ablation=tuple(ablation))
     kept = _kept_mask(g, 0)[1:, 1:]
     assert kept.ravel()[:k].all() and not kept.ravel()[k:].any()
@@ -143,7 +150,7 @@ def test_colours_do_not_repeat_and_small_communities_are_other(graph):
 
 
 def test_kept_edges_solid_ablated_dashed(graph):
-    ablation = tuple(dataclasses.replace(r, n_edges_needed=2) for r in graph.ablation)
+    ablation = tuple(_needing(r, E, 2) for r, E in zip(graph.ablation, graph.edges))
     g = graph.replace(ablation=ablation)
     ax = plot_interaction_graph(g, max_features=12, min_relative_edge=0.0)
     dashed = [ln for ln in ax.lines if ln.get_linestyle() not in ("-", "solid")]
