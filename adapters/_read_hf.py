@@ -51,12 +51,7 @@ def _heads_out(W: Tensor, n_heads: int) -> Tensor:
 
 
 def _unembed(model: Any, d_model: int) -> tuple[Tensor, Tensor]:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        raise ValueError(
-            f"{type(model).__name__} has no language-model head; pass the causal LM "
-            "(e.g. GPT2LMHeadModel, LlamaForCausalLM), not the base model."
-        )
+    head = model.get_output_embeddings()
     W_U = _t(head.weight).T  # tied embeddings: a view of the input embedding
     return W_U, _bias(head, W_U.shape[1], W_U)
 
@@ -243,6 +238,12 @@ def read_hf_model(model: Any) -> TransformerWeights:
         raise ValueError(
             f"Model family {model_type!r} is not read yet; supported: {list(_FAMILIES)}. "
             "Write a reader that returns TransformerWeights (adapters/_read_hf.py shows how)."
+        )
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no language-model head; pass the causal LM "
+            "(e.g. GPT2LMHeadModel, LlamaForCausalLM), not the base model."
         )
     if model_type == "gpt2":
         return _read_gpt2(model)

@@ -186,12 +186,18 @@ class _Op:
     """One operation between two adjacent cuts.
 
     ``kind``: "ln_in" (append the scale), "ln_out" (divide by it), "attn", "mlp", "unembed".
-    ``block`` is -1 for the final norm and the unembedding.
+    ``block`` is -1 for the final norm and the unembedding; ``norm`` names the norm the
+    operation uses or follows ("ln1", "ln2", "ln_final"), ``None`` for none. Weights are
+    looked up in the (cast) :class:`TransformerWeights` a span runs on.
     """
 
     kind: str
     block: int
-    norm: NormWeights | None = None
+    norm: str | None = None
+
+
+def _norm_of(w: TransformerWeights, op: _Op) -> NormWeights:
+    return w.ln_final if op.norm == "ln_final" else getattr(w.blocks[op.block], op.norm)
 
 
 @dataclass(frozen=True)
@@ -214,12 +220,12 @@ def _plan(w: TransformerWeights) -> tuple[list[_Cut], list[_Op]]:
                  kind: str, block: int, final: bool = False) -> None:
         cuts.append(_Cut(resid, "resid", aliases))
         if norm is not None:
-            ops.append(_Op("ln_in", block, norm))
+            ops.append(_Op("ln_in", block, ln))
             cuts.append(_Cut(f"{prefix}{ln}_out", "scaled"))
-            ops.append(_Op("ln_out", block, norm))
+            ops.append(_Op("ln_out", block, ln))
             cuts.append(_Cut(f"{prefix}{kind}_in" if not final else "unembed_in",
                              "final" if final else "normed"))
-        ops.append(_Op(kind, block, norm))
+        ops.append(_Op(kind, block, None if norm is None else ln))
 
     for i, block in enumerate(w.blocks):
         if block.parallel:
@@ -266,9 +272,9 @@ def _span(w: TransformerWeights, cuts: list[_Cut], ops: list[_Op], start: int, s
         for k in range(start, stop):
             op = ops[k]
             if op.kind == "ln_in":
-                scale = _norm_scale(op.norm, x, const)
+                scale = _norm_scale(_norm_of(w, op), x, const)
             elif op.kind == "ln_out":
-                h = _normalize(op.norm, x, scale, const)
+                h = _normalize(_norm_of(w, op), x, scale, const)
                 scale = None
             elif op.kind == "attn":
                 x = x + _attention(w.blocks[op.block].attn, x if op.norm is None else h, const)
