@@ -392,3 +392,17 @@ def test_adapters_import_without_transformers_or_transformer_lens():
             "assert not bad, bad")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("name", [
+    "sklearn_lib.adapters._transformer_sequential",
+    "sklearn_lib.adapters._read_tl_state_dict",
+])
+def test_docstring_examples_of_the_new_modules(name):
+    """tests/test_doctests.py covers _transformer_lens; these modules' examples run here."""
+    import doctest
+    import importlib
+
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
