@@ -59,7 +59,7 @@ from sklearn_lib.adapters._transformer_weights import (
     TransformerWeights,
 )
 
-__all__ = ["ACTIVATIONS", "TransformerAdapter", "check_first_batch"]
+__all__ = ["ACTIVATIONS", "TransformerAdapter"]
 
 
 # -- activations -----------------------------------------------------------------------------
@@ -312,7 +312,7 @@ def _embed(w: TransformerWeights, tokens: Tensor) -> Tensor:
     return torch.cat([torch.ones_like(x[..., :1]), x], dim=-1)
 
 
-def check_first_batch(adapter: "TransformerAdapter", X: Any, reference: Tensor, *,
+def _check_first_batch(adapter: "TransformerAdapter", X: Any, reference: Tensor, *,
                       rtol: float = 1e-5, atol: float = 1e-5) -> float:
     """Compare the chain of the adapter's segments with the model's own logits on a batch.
 
@@ -326,7 +326,7 @@ def check_first_batch(adapter: "TransformerAdapter", X: Any, reference: Tensor, 
     """
     if adapter.last_position_from is not None or adapter.node_layers[-1] != "logits":
         raise ValueError(
-            "check_first_batch needs an adapter whose last node layer is 'logits' at every "
+            "_check_first_batch needs an adapter whose last node layer is 'logits' at every "
             "position (no last_position_from)."
         )
     reference = reference.detach()

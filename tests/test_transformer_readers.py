@@ -27,7 +27,7 @@ from sklearn_lib.adapters import (
     read_hf_model,
     read_transformer_bridge,
 )
-from sklearn_lib.adapters._transformer_sequential import check_first_batch
+from sklearn_lib.adapters._transformer_sequential import _check_first_batch
 
 F64 = dict(dtype=torch.float64, device="cpu")
 V, T = 23, 9
@@ -115,7 +115,7 @@ def test_hf_gpt2_family_reproduces_the_model(name, kw):
     X = tokens()
     expected = own_logits(model, X)
     torch.testing.assert_close(chain(adapter, X), expected, rtol=1e-10, atol=1e-10)
-    assert check_first_batch(adapter, X, expected, rtol=1e-10, atol=1e-10) < 1e-10
+    assert _check_first_batch(adapter, X, expected, rtol=1e-10, atol=1e-10) < 1e-10
 
 
 @pytest.mark.parametrize("name, kw", [
@@ -216,12 +216,12 @@ def test_first_batch_check_catches_a_wrong_reader():
         for b in w.blocks))  # a reader that forgot the attention's output bias
     X = tokens()
     with pytest.raises(ValueError, match="do not reproduce the model's forward: max abs error"):
-        check_first_batch(TransformerAdapter(wrong), X, own_logits(model, X))
+        _check_first_batch(TransformerAdapter(wrong), X, own_logits(model, X))
     with pytest.raises(ValueError, match="have shape"):
-        check_first_batch(TransformerAdapter(w), X, own_logits(model, X)[:, 1:])
+        _check_first_batch(TransformerAdapter(w), X, own_logits(model, X)[:, 1:])
     last = TransformerAdapter(w, last_position_from="ln_final_out")
     with pytest.raises(ValueError, match="no last_position_from"):
-        check_first_batch(last, X, own_logits(model, X))
+        _check_first_batch(last, X, own_logits(model, X))
 
 
 # -- transformer_lens ------------------------------------------------------------------------
@@ -406,3 +406,47 @@ def test_docstring_examples_of_the_new_modules(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- errors ------------------------------------------------------------------------------------
+BASE_CFG = dict(n_layers=1, d_model=8, d_head=4, n_ctx=4, d_vocab=5, normalization_type="LN")
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(normalization_type="BatchNorm"), r"normalization_type='BatchNorm' \(unknown norm\)"),
+    (dict(attention_dir="sideways"), r"attention_dir='sideways' \(attention direction\)"),
+    (dict(positional_embedding_type="alibi"), r"positional_embedding_type='alibi'"),
+    (dict(positional_embedding_type="rotary"), "A rotary config needs rotary_dim"),
+    (dict(use_local_attn=True), "use_local_attn needs an integer window_size"),
+    (dict(num_experts=4), r"num_experts=4 \(mixture-of-experts MLPs\)"),
+    (dict(use_yarn_rope=True), r"use_yarn_rope=True \(YaRN rotary scaling\)"),
+    (dict(act_fn="solu_ln"), r"act_fn='solu_ln' \(activations: \['gelu'"),
+])
+def test_config_errors(overrides, match):
+    from sklearn_lib.adapters._read_tl_state_dict import read_config
+
+    with pytest.raises(ValueError, match=match):
+        read_config({**BASE_CFG, **overrides})
+
+
+def test_unknown_activation_in_plain_weights():
+    import dataclasses
+
+    w = read_hf_model(hf("gpt2"))
+    odd = dataclasses.replace(w, blocks=tuple(
+        dataclasses.replace(b, mlp=dataclasses.replace(b.mlp, act_fn="softplus"))
+        for b in w.blocks))
+    with pytest.raises(ValueError, match=r"Unknown activation 'softplus'; supported: \['gelu'"):
+        TransformerAdapter(odd)
+
+
+def test_hf_architectures_that_are_not_decoder_only_or_pre_norm():
+    cfg = transformers.GPT2Config(vocab_size=V, n_positions=8, n_embd=8, n_layer=1, n_head=2,
+                                  add_cross_attention=True, bos_token_id=0, eos_token_id=0)
+    with pytest.raises(ValueError, match="GPT-2 with cross-attention is not a decoder-only"):
+        read_hf_model(transformers.GPT2LMHeadModel(cfg))
+    tl = pytest.importorskip("transformer_lens")
+    model = tl.HookedTransformer(tl.HookedTransformerConfig(
+        **BASE_CFG, act_fn="relu", original_architecture="Olmo2ForCausalLM"))
+    with pytest.raises(ValueError, match="original_architecture='Olmo2ForCausalLM' \\(post-norm"):
+        HookedTransformerAdapter(model)
