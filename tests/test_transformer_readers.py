@@ -250,6 +250,9 @@ def test_transformer_lens_architectures_reproduce_the_model(overrides):
     with torch.no_grad():
         expected = model(X)
     torch.testing.assert_close(chain(adapter, X), expected, rtol=1e-10, atol=1e-10)
+    plain = TransformerAdapter.from_hooked_transformer(model)
+    assert plain.node_layers == adapter.node_layers and plain.model is model
+    torch.testing.assert_close(plain.logits(X), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_transformer_lens_state_dict_reader_matches_the_model_reader():
