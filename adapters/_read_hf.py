@@ -128,7 +128,8 @@ def _read_gpt_neo(model: Any) -> TransformerWeights:
         like = W_Q
         attn = AttentionWeights(
             W_Q=W_Q, W_K=W_K, W_V=W_V, W_O=_heads_out(_t(a.out_proj.weight), H),
-            b_Q=_bias(a.q_proj, d, like).reshape(H, -1), b_K=_bias(a.k_proj, d, like).reshape(H, -1),
+            b_Q=_bias(a.q_proj, d, like).reshape(H, -1),
+            b_K=_bias(a.k_proj, d, like).reshape(H, -1),
             b_V=_bias(a.v_proj, d, like).reshape(H, -1), b_O=_bias(a.out_proj, d, like),
             scale=1.0, window=window,  # GPT-Neo does not scale its attention scores
         )

@@ -213,7 +213,8 @@ class HookedTransformerAdapter(TransformerAdapter):
     ...                               seed=0)
     >>> adapter = HookedTransformerAdapter(HookedTransformer(cfg))
     >>> adapter.node_layers
-    ('blocks.0.ln1_out', 'blocks.0.attn_in', 'blocks.0.ln2_out', 'blocks.0.mlp_in', 'ln_final_out', 'unembed_in', 'logits')
+    ('blocks.0.ln1_out', 'blocks.0.attn_in', 'blocks.0.ln2_out', 'blocks.0.mlp_in',
+     'ln_final_out', 'unembed_in', 'logits')
     >>> acts = adapter.activations(torch.tensor([[1, 2, 3]]), adapter.node_layers,
     ...                            dtype=torch.float64, device="cpu")
     >>> acts["blocks.0.ln1_out"].shape  # constant, 8 residual dims, ln1 scale

@@ -411,7 +411,8 @@ class TransformerAdapter:
     >>> model = LlamaForCausalLM(cfg).double().eval()
     >>> adapter = TransformerAdapter.from_hf(model)
     >>> adapter.node_layers
-    ('blocks.0.ln1_out', 'blocks.0.attn_in', 'blocks.0.ln2_out', 'blocks.0.mlp_in', 'ln_final_out', 'unembed_in', 'logits')
+    ('blocks.0.ln1_out', 'blocks.0.attn_in', 'blocks.0.ln2_out', 'blocks.0.mlp_in',
+     'ln_final_out', 'unembed_in', 'logits')
     >>> adapter.fixed_features("blocks.0.ln1_out"), adapter.is_norm_division("blocks.0.ln1_out")
     ((0, 9), True)
     >>> X = torch.tensor([[1, 5, 2, 7]])

@@ -153,7 +153,8 @@ def test_activations_equal_the_hook_values():
             torch.testing.assert_close(h[..., 17:], cache[f"blocks.{i}.{ln}.hook_normalized"]
                                        * model.blocks[i].get_submodule(ln).w
                                        + model.blocks[i].get_submodule(ln).b, **close)
-    torch.testing.assert_close(acts["ln_final_out"][..., 17:], cache["ln_final.hook_scale"], **close)
+    torch.testing.assert_close(acts["ln_final_out"][..., 17:], cache["ln_final.hook_scale"],
+                               **close)
     torch.testing.assert_close(acts["unembed_in"][..., 1:],
                                cache["ln_final.hook_normalized"] * model.ln_final.w
                                + model.ln_final.b, **close)
@@ -395,12 +396,22 @@ def test_weights_reader_returns_plain_tensors():
 
 
 def test_module_imports_without_transformer_lens():
+    """One subprocess: the adapters import without transformers or transformer_lens, and the
+    modular-addition path (load_hooked_transformer, modadd_adapter) never imports them."""
     code = (
-        "import sys, sklearn_lib.adapters, sklearn_lib.adapters._transformer_lens; "
-        "assert 'transformer_lens' not in sys.modules"
+        "import sys, torch, sklearn_lib.adapters, sklearn_lib.adapters._transformer_lens; "
+        "bad = [m for m in ('transformers', 'transformer_lens') if m in sys.modules]; "
+        "assert not bad, bad; "
+        "from sklearn_lib.tasks._modular_addition import shipped_modadd_checkpoint; "
+        "from sklearn_lib.tasks._modadd_experiment import modadd_adapter; "
+        "from sklearn_lib.adapters import load_hooked_transformer; "
+        "state, config = shipped_modadd_checkpoint(0); "
+        "a = modadd_adapter(load_hooked_transformer(state, config)); "
+        "a.activations([[1, 2, 113]], a.node_layers, dtype=torch.float64, device='cpu'); "
+        "assert 'transformer_lens' not in sys.modules, 'transformer_lens imported'"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -433,20 +444,6 @@ def test_loader_accepts_nested_flat_and_json(tmp_path):
                tmp_path / "odd.pt")
     with pytest.raises(ValueError, match="missing key 'blocks.0.ln1.w'"):
         load_hooked_transformer(tmp_path / "odd.pt", cfg)
-
-
-def test_loader_does_not_import_transformer_lens():
-    code = (
-        "import sys, torch; from sklearn_lib.tasks._modular_addition import "
-        "shipped_modadd_checkpoint; from sklearn_lib.tasks._modadd_experiment import "
-        "modadd_adapter; from sklearn_lib.adapters import load_hooked_transformer; "
-        "state, config = shipped_modadd_checkpoint(0); "
-        "a = modadd_adapter(load_hooked_transformer(state, config)); "
-        "a.activations([[1, 2, 113]], a.node_layers, dtype=torch.float64, device='cpu'); "
-        "assert 'transformer_lens' not in sys.modules, 'transformer_lens imported'"
-    )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference checkpoint not present")
