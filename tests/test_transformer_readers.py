@@ -364,6 +364,9 @@ def test_completeness_errors_and_warning_on_the_estimator():
     assert errors.shape == (len(adapter.node_layers) - 1,)
     assert np.all(errors[~divides] < 1e-4) and np.all(errors[divides] > 0.05)
     assert not [w for w in caught if "incomplete" in str(w.message)]  # divisions are exempt
+    mixed = IGEdgeScorer(integration="gauss-legendre", n_steps=8, n_stochastic_sources=2,
+                         random_state=0).fit(graph)  # compared source by source
+    assert np.all(mixed.completeness_errors_[~divides] < 1e-4)
     coarse = TransformerAdapter.from_hf(hf("gpt2"), node_layers=[
         "blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre"])
     coarse.is_norm_division = lambda layer: False  # an adapter that does not say
