@@ -17,7 +17,7 @@ from sklearn_lib.adapters._transformer_lens import (
     LoadedTransformer,
     load_hooked_transformer,
 )
-from sklearn_lib.adapters._transformer_sequential import TransformerAdapter
+from sklearn_lib.adapters._transformer_adapter import TransformerAdapter
 from sklearn_lib.adapters._transformer_weights import (
     AttentionWeights,
     BlockWeights,

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from sklearn_lib.adapters._read_hooked import read_hooked_transformer
 from sklearn_lib.adapters._read_tl_state_dict import read_config, read_tl_state_dict
-from sklearn_lib.adapters._transformer_sequential import TransformerAdapter, _embed, _plan, _span
+from sklearn_lib.adapters._transformer_adapter import TransformerAdapter
+from sklearn_lib.adapters._transformer_sequential import _embed, _plan, _span
 from sklearn_lib.adapters._transformer_weights import (
     AttentionWeights,
     BlockWeights,

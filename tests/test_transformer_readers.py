@@ -24,7 +24,7 @@ from sklearn_lib.adapters import (
     read_hf_model,
     read_transformer_bridge,
 )
-from sklearn_lib.adapters._transformer_sequential import _check_first_batch
+from sklearn_lib.adapters._transformer_adapter import _check_first_batch
 
 F64 = dict(dtype=torch.float64, device="cpu")
 V, T = 23, 9
@@ -389,7 +389,7 @@ def test_endpoint_rule_warns_on_attention():
 
 
 @pytest.mark.parametrize("name", [
-    "sklearn_lib.adapters._transformer_sequential",
+    "sklearn_lib.adapters._transformer_adapter",
     "sklearn_lib.adapters._read_tl_state_dict",
 ])
 def test_docstring_examples_of_the_new_modules(name):
