@@ -3,8 +3,9 @@
 Families: GPT-2 (``GPT2LMHeadModel``: Conv1D weights, learned positions, LayerNorm, tied
 embeddings), the Llama family (``LlamaForCausalLM`` and the same layout in ``MistralForCausalLM``
 and ``Qwen2ForCausalLM``: RMSNorm, rotary positions from the model's own rotary module, SwiGLU,
-grouped-query attention, sliding windows) and GPT-Neo (``GPTNeoForCausalLM``: local attention
-in alternate layers, unscaled scores). The reader only reads modules and config fields;
+grouped-query attention, sliding windows), GPT-Neo (``GPTNeoForCausalLM``: local attention
+in alternate layers, unscaled scores) and GPT-NeoX / Pythia (``GPTNeoXForCausalLM``: parallel
+blocks, partial rotary). The reader only reads modules and config fields;
 ``transformers`` itself is never imported here.
 """
 
@@ -27,7 +28,7 @@ from sklearn_lib.adapters._transformer_weights import (
 __all__ = ["read_hf_model"]
 
 _LLAMA_LIKE = ("llama", "mistral", "qwen2")
-_FAMILIES = ("gpt2", "gpt_neo", *_LLAMA_LIKE)
+_FAMILIES = ("gpt2", "gpt_neo", "gpt_neox", *_LLAMA_LIKE)
 
 
 def _t(x: Tensor) -> Tensor:
@@ -199,14 +200,49 @@ def _read_llama(model: Any) -> TransformerWeights:
                               ln_final=_rms_norm(body.norm), W_U=W_U, b_U=b_U)
 
 
+def _read_gpt_neox(model: Any) -> TransformerWeights:
+    """GPT-NeoX / Pythia: fused per-head ``[q, k, v]``, partial rotary, parallel blocks."""
+    cfg = model.config
+    body = model.gpt_neox
+    d, H = cfg.hidden_size, cfg.num_attention_heads
+    act = _act(cfg, "hidden_act")
+    E = _t(body.embed_in.weight)
+    rotary = _rotary_tables(body.rotary_emb, int(cfg.max_position_embeddings),
+                            torch.zeros(1, dtype=torch.float64, device=E.device))
+    blocks = []
+    for layer in body.layers:
+        a = layer.attention
+        W = _t(a.query_key_value.weight).reshape(H, 3, -1, d)  # per head: q, k, v rows
+        b = _bias(a.query_key_value, 3 * d, W).reshape(H, 3, -1)
+        dh = W.shape[2]
+        attn = AttentionWeights(
+            W_Q=W[:, 0].transpose(1, 2), W_K=W[:, 1].transpose(1, 2),
+            W_V=W[:, 2].transpose(1, 2), W_O=_heads_out(_t(a.dense.weight), H),
+            b_Q=b[:, 0], b_K=b[:, 1], b_V=b[:, 2], b_O=_bias(a.dense, d, W),
+            scale=1.0 / float(getattr(a, "scaling", dh**-0.5)), rotary=rotary,
+        )
+        m = layer.mlp
+        d_mlp = m.dense_h_to_4h.weight.shape[0]
+        mlp = MLPWeights(W_in=_t(m.dense_h_to_4h.weight).T, b_in=_bias(m.dense_h_to_4h, d_mlp, W),
+                         W_out=_t(m.dense_4h_to_h.weight).T, b_out=_bias(m.dense_4h_to_h, d, W),
+                         act_fn=act)
+        blocks.append(BlockWeights(ln1=_layer_norm(layer.input_layernorm), attn=attn,
+                                   ln2=_layer_norm(layer.post_attention_layernorm), mlp=mlp,
+                                   parallel=bool(cfg.use_parallel_residual)))
+    W_U, b_U = _unembed(model, d)
+    return TransformerWeights(W_E=E, W_pos=None, blocks=tuple(blocks),
+                              ln_final=_layer_norm(body.final_layer_norm), W_U=W_U, b_U=b_U)
+
+
 def read_hf_model(model: Any) -> TransformerWeights:
     """Read a HuggingFace ``transformers`` causal LM into plain tensors.
 
     Parameters
     ----------
     model : transformers.PreTrainedModel
-        ``GPT2LMHeadModel``, ``GPTNeoForCausalLM``, ``LlamaForCausalLM`` (SmolLM2 is one),
-        ``MistralForCausalLM`` or ``Qwen2ForCausalLM``.
+        ``GPT2LMHeadModel``, ``GPTNeoForCausalLM``, ``GPTNeoXForCausalLM`` (Pythia: parallel
+        blocks, partial rotary), ``LlamaForCausalLM`` (SmolLM2 is one), ``MistralForCausalLM``
+        or ``Qwen2ForCausalLM``.
 
     Returns
     -------
@@ -250,4 +286,6 @@ def read_hf_model(model: Any) -> TransformerWeights:
         return _read_gpt2(model)
     if model_type == "gpt_neo":
         return _read_gpt_neo(model)
+    if model_type == "gpt_neox":
+        return _read_gpt_neox(model)
     return _read_llama(model)

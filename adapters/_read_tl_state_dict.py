@@ -51,12 +51,11 @@ _MODELLED = {
     "n_key_value_heads": None, "attn_only": False, "gated_mlp": False, "use_attn_scale": True,
     "attn_scale": -1.0, "scale_attn_by_inverse_layer_idx": False, "use_local_attn": False,
     "window_size": None, "attn_types": None, "attention_dir": "causal", "rotary_dim": None,
-    "rotary_base": 10000, "rotary_adjacent_pairs": False,
+    "rotary_base": 10000, "rotary_adjacent_pairs": False, "parallel_attn_mlp": False,
 }
 
 #: (field, its plain value, what another value turns on): features no reader models.
 _UNSUPPORTED = {
-    "parallel_attn_mlp": (False, "parallel attention and MLP"),
     "num_experts": (None, "mixture-of-experts MLPs"),
     "use_qk_norm": (False, "query/key normalisation"),
     "clip_qkv": (None, "clipped queries, keys and values"),
@@ -82,7 +81,8 @@ def _unsupported(field: str, value: Any, what: str) -> ValueError:
         f"The sequential transformer does not support {field}={value!r} ({what}). Supported: "
         "decoder-only pre-norm transformers with learned or rotary positions, "
         f"normalization_type in {list(_NORMS)}, plain or gated MLPs, grouped-query and local "
-        "attention. Use such a model, or write an adapter (docs/adapters.md)."
+        "attention, sequential or parallel blocks. Use such a model, or write an adapter "
+        "(docs/adapters.md)."
     )
 
 
@@ -308,7 +308,8 @@ def read_tl_state_dict(state_dict: Mapping[str, Tensor] | str | os.PathLike,
                 b_post=b_in if gated else None,
             )
         blocks.append(BlockWeights(ln1=norm(f"{p}.ln1"), attn=attn,
-                                   ln2=None if cfg["attn_only"] else norm(f"{p}.ln2"), mlp=mlp))
+                                   ln2=None if cfg["attn_only"] else norm(f"{p}.ln2"), mlp=mlp,
+                                   parallel=bool(cfg["parallel_attn_mlp"]) and mlp is not None))
     weights = TransformerWeights(
         W_E=get("embed.W_E", (V, d)),
         W_pos=get("pos_embed.W_pos", (cfg["n_ctx"], d)) if rotary is None else None,

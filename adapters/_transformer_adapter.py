@@ -203,7 +203,7 @@ class TransformerAdapter:
                     f"Unknown last_position_from {last_position_from!r}. Available: {available}."
                 )
             cut = self._cuts[last_position_from]
-            last_attn = max(k for k, op in enumerate(ops) if op.kind == "attn")
+            last_attn = max(k for k, op in enumerate(ops) if op.kind in ("attn", "parallel"))
             if cut <= last_attn:
                 raise ValueError(
                     f"last_position_from={last_position_from!r} drops positions that the "
@@ -222,22 +222,22 @@ class TransformerAdapter:
         names = []
         for k, cut in enumerate(self._plan_cuts):
             nxt = self._ops[k].kind if k < len(self._ops) else None
-            if cut.layout in ("scaled", "normed", "final", "logits"):
+            if cut.layout in ("scaled", "normed", "normed2", "final", "logits"):
                 names.append(cut.name)
-            elif nxt in ("attn", "mlp", "unembed"):  # a residual cut with no norm after it
+            elif nxt in ("attn", "mlp", "parallel", "unembed"):  # no norm after this cut
                 names.append(cut.name)
         return names
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
     def from_hf(cls, model: Any, **kwargs: Any) -> "TransformerAdapter":
-        """An adapter for a HuggingFace ``transformers`` causal LM (GPT-2, Llama family, GPT-Neo).
+        """An adapter for a HuggingFace ``transformers`` causal LM.
 
         Parameters
         ----------
         model : transformers.PreTrainedModel
-            ``GPT2LMHeadModel``, ``LlamaForCausalLM`` (and Llama-shaped Mistral / Qwen2 /
-            SmolLM), ``GPTNeoForCausalLM``, or their base models.
+            ``GPT2LMHeadModel``, ``GPTNeoForCausalLM``, ``GPTNeoXForCausalLM``,
+            ``LlamaForCausalLM`` (SmolLM2), ``MistralForCausalLM`` or ``Qwen2ForCausalLM``.
         **kwargs
             Passed to :class:`TransformerAdapter`.
         """
@@ -422,7 +422,7 @@ class TransformerAdapter:
         stop = self._next_cut(layer)
         if stop is None:
             return False
-        return any(op.kind == "ln_out" for op in self._ops[start:stop])
+        return any(op.kind in ("ln_out", "ln_out2") for op in self._ops[start:stop])
 
     def composite_segment(
         self, layer: str, in_map: Tensor, out_map: Tensor, *, dtype: torch.dtype,

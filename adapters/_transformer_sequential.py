@@ -26,6 +26,11 @@ cut                          activations ``(batch, pos, .)``  paper
 ``logits``                     ``[f_0, logits]``
 ===========================  ===============================  =====================================
 
+A parallel block (GPT-NeoX, GPT-J: ``resid_post = resid_pre + attn(ln1(resid_pre)) +
+mlp(ln2(resid_pre))``) has no cut between its attention and MLP; its cuts are
+``blocks.{i}.hook_resid_pre``, ``blocks.{i}.ln_out`` (``[f_0, resid, scale]``: both norms divide
+by the same scale) and ``blocks.{i}.parallel_in`` (``[f_0, resid, ln1(resid), ln2(resid)]``).
+
 Sublayers without a norm have only the residual cut before them (the modular-addition model:
 ``hook_resid_pre``, ``hook_resid_mid``, the final ``hook_resid_post`` and ``logits``). The
 ``ln*_out -> *_in`` segments divide by the scale: they are homogeneous of degree 0 and IG
@@ -36,14 +41,15 @@ every sublayer without a norm) and ``logits``, so every division sits in a segme
 Architectures: LayerNorm and RMSNorm (affine weights optional), learned absolute or rotary
 positions (the model's own tables; partial rotary), GELU variants, ReLU and SiLU, plain and
 gated MLPs, grouped-query and multi-query attention, local (windowed) attention, tied
-embeddings. Parallel attention and MLP blocks (GPT-NeoX, GPT-J) raise a clear error: their
-attention and MLP read the same residual, which has no causal cut between them.
+embeddings, sequential or parallel blocks (a parallel block whose two norms differ in kind or
+eps raises a clear error: there is no single scale feature to cut at).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass
 import torch
 from torch import Tensor
@@ -225,13 +231,10 @@ def _plan(w: TransformerWeights) -> tuple[list[_Cut], list[_Op]]:
         ops.append(_Op(kind, block, None if norm is None else ln))
 
     for i, block in enumerate(w.blocks):
-        if block.parallel:
-            raise ValueError(
-                f"Block {i} runs attention and MLP in parallel (GPT-NeoX / GPT-J style); the "
-                "sequential transformer needs a causal cut between them (paper appendix A.4), "
-                "which a parallel block does not have. Use a model with sequential blocks."
-            )
         prev = (f"blocks.{i - 1}.hook_resid_post",) if i > 0 else ()
+        if block.parallel and block.mlp is not None:
+            _parallel_block(i, block, prev, cuts, ops)
+            continue
         sublayer(block.ln1, f"blocks.{i}.hook_resid_pre", prev + (f"blocks.{i}.ln1",),
                  f"blocks.{i}.", "ln1", "attn", i)
         if block.mlp is not None:
@@ -241,6 +244,32 @@ def _plan(w: TransformerWeights) -> tuple[list[_Cut], list[_Op]]:
              "unembed", -1, final=True)
     cuts.append(_Cut("logits", "logits"))
     return cuts, ops
+
+
+def _parallel_block(i: int, block: Any, prev: tuple[str, ...], cuts: list[_Cut],
+                    ops: list[_Op]) -> None:
+    """Cuts of a parallel block: ``resid_pre``, ``ln_out`` (one scale), ``parallel_in``.
+
+    Attention and MLP read the same residual, so there is no cut between them; their two
+    norms divide by the same scale, which must therefore be one feature (same kind, same eps).
+    """
+    cuts.append(_Cut(f"blocks.{i}.hook_resid_pre", "resid", prev + (f"blocks.{i}.ln1",)))
+    if block.ln1 is None and block.ln2 is None:
+        ops.append(_Op("parallel", i, None))
+        return
+    if block.ln1 is None or block.ln2 is None or (block.ln1.center, block.ln1.eps) != (
+        block.ln2.center, block.ln2.eps
+    ):
+        raise ValueError(
+            f"Block {i} runs attention and MLP in parallel with norms of different kinds or "
+            "eps; the sequential transformer cuts a parallel block only where both norms divide "
+            "by the same scale (GPT-NeoX, GPT-J). Use a model with sequential blocks."
+        )
+    ops.append(_Op("ln_in", i, "ln1"))
+    cuts.append(_Cut(f"blocks.{i}.ln_out", "scaled"))
+    ops.append(_Op("ln_out2", i, "ln1"))
+    cuts.append(_Cut(f"blocks.{i}.parallel_in", "normed2"))
+    ops.append(_Op("parallel", i, "ln1"))
 
 
 def _span(w: TransformerWeights, cuts: list[_Cut], ops: list[_Op], start: int, stop: int,
@@ -255,7 +284,7 @@ def _span(w: TransformerWeights, cuts: list[_Cut], ops: list[_Op], start: int, s
     def run(f: Tensor) -> Tensor:
         const = f[..., :1]
         layout = cuts[start].layout
-        x = scale = h = None
+        x = scale = h = h2 = None
         if layout == "final":
             h = f[..., 1:]
         elif layout == "logits":
@@ -266,6 +295,8 @@ def _span(w: TransformerWeights, cuts: list[_Cut], ops: list[_Op], start: int, s
                 scale = f[..., 1 + d : 2 + d]
             elif layout == "normed":
                 h = f[..., 1 + d :]
+            elif layout == "normed2":
+                h, h2 = f[..., 1 + d : 1 + 2 * d], f[..., 1 + 2 * d :]
         for k in range(start, stop):
             op = ops[k]
             if op.kind == "ln_in":
@@ -273,6 +304,16 @@ def _span(w: TransformerWeights, cuts: list[_Cut], ops: list[_Op], start: int, s
             elif op.kind == "ln_out":
                 h = _normalize(_norm_of(w, op), x, scale, const)
                 scale = None
+            elif op.kind == "ln_out2":  # a parallel block: both norms, one scale
+                block = w.blocks[op.block]
+                h = _normalize(block.ln1, x, scale, const)
+                h2 = _normalize(block.ln2, x, scale, const)
+                scale = None
+            elif op.kind == "parallel":
+                block = w.blocks[op.block]
+                a_in, m_in = (x, x) if op.norm is None else (h, h2)
+                x = x + _attention(block.attn, a_in, const) + _mlp(block.mlp, m_in, const)
+                h = h2 = None
             elif op.kind == "attn":
                 x = x + _attention(w.blocks[op.block].attn, x if op.norm is None else h, const)
                 h = None
@@ -286,6 +327,7 @@ def _span(w: TransformerWeights, cuts: list[_Cut], ops: list[_Op], start: int, s
                 const = const[..., -1:, :]
                 x = None if x is None else x[..., -1:, :]
                 h = None if h is None else h[..., -1:, :]
+                h2 = None if h2 is None else h2[..., -1:, :]
                 scale = None if scale is None else scale[..., -1:, :]
         out = cuts[stop].layout
         if out == "final":
@@ -294,6 +336,8 @@ def _span(w: TransformerWeights, cuts: list[_Cut], ops: list[_Op], start: int, s
             parts = [const, x, scale]
         elif out == "normed":
             parts = [const, x, h]
+        elif out == "normed2":
+            parts = [const, x, h, h2]
         else:
             parts = [const, x]
         return torch.cat(parts, dim=-1)

@@ -544,7 +544,6 @@ def test_constructor_errors(kwargs, match):
     "overrides, match",
     [
         (dict(positional_embedding_type="shortformer"), "positional_embedding_type='shortformer'"),
-        (dict(parallel_attn_mlp=True), r"parallel_attn_mlp=True \(parallel attention and MLP\)"),
         (dict(act_fn="solu_ln"), r"act_fn='solu_ln'"),
         (dict(output_logits_soft_cap=30.0), r"output_logits_soft_cap=30.0 \(soft-capped logits"),
         (dict(use_qk_norm=True), r"use_qk_norm=True \(query/key normalisation\)"),

@@ -63,6 +63,12 @@ def hf(name: str, **kw) -> torch.nn.Module:
         cfg = transformers.GPT2Config(vocab_size=V, n_positions=16, n_embd=12, n_layer=2, n_head=3,
                                       bos_token_id=0, eos_token_id=0, **kw)
         model = transformers.GPT2LMHeadModel(cfg)
+    elif name == "gpt_neox":  # Pythia: parallel blocks, partial rotary
+        cfg = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=4, intermediate_size=32,
+                                         max_position_embeddings=32, rotary_pct=0.5,
+                                         bos_token_id=0, eos_token_id=0, **kw)
+        model = transformers.GPTNeoXForCausalLM(cfg)
     elif name == "gpt_neo":
         cfg = transformers.GPTNeoConfig(vocab_size=V, max_position_embeddings=16, hidden_size=12,
                                         num_layers=2, num_heads=3, window_size=3,
@@ -105,6 +111,8 @@ def own_logits(model, X) -> torch.Tensor:
     ("gpt2", dict(scale_attn_by_inverse_layer_idx=True, activation_function="gelu")),
     ("gpt2", dict(tie_word_embeddings=False)),
     ("gpt_neo", {}),
+    ("gpt_neox", dict(use_parallel_residual=True)),
+    ("gpt_neox", dict(use_parallel_residual=False)),
 ])
 def test_hf_gpt2_family_reproduces_the_model(name, kw):
     model = hf(name, **kw)
@@ -194,13 +202,27 @@ def test_reader_errors():
         read_transformer_bridge(hf("gpt2"))
 
 
-def test_parallel_blocks_are_a_clear_error():
+def test_parallel_blocks_cut_at_one_scale():
     import dataclasses
 
-    w = read_hf_model(hf("gpt2"))
-    parallel = dataclasses.replace(w, blocks=(dataclasses.replace(w.blocks[0], parallel=True),))
-    with pytest.raises(ValueError, match="Block 0 runs attention and MLP in parallel"):
-        TransformerAdapter(parallel)
+    model = hf("gpt_neox", use_parallel_residual=True)
+    adapter = TransformerAdapter.from_hf(model)
+    assert adapter.node_layers == (
+        "blocks.0.ln_out", "blocks.0.parallel_in", "blocks.1.ln_out", "blocks.1.parallel_in",
+        "ln_final_out", "unembed_in", "logits",
+    )
+    assert [adapter.is_norm_division(n) for n in adapter.node_layers[:4]] == [True, False] * 2
+    acts = adapter.activations(tokens(), ["blocks.0.ln_out", "blocks.0.parallel_in"], **F64)
+    assert acts["blocks.0.ln_out"].shape[-1] == 18 and acts["blocks.0.parallel_in"].shape[-1] == 49
+    assert adapter.fixed_features("blocks.0.ln_out") == (0, 17)
+    w = read_hf_model(model)
+    block = w.blocks[0]
+    odd = dataclasses.replace(w, blocks=(dataclasses.replace(
+        block, ln2=dataclasses.replace(block.ln2, eps=1e-3)),))
+    with pytest.raises(ValueError, match="Block 0 runs attention and MLP in parallel with norms"):
+        TransformerAdapter(odd)
+    with pytest.raises(ValueError, match="drops positions that the attention of block 1"):
+        TransformerAdapter(w, last_position_from="blocks.1.parallel_in")
 
 
 def test_first_batch_check_catches_a_wrong_reader():
@@ -239,6 +261,8 @@ def tl_model(**overrides):
     dict(n_key_value_heads=1),
     dict(use_local_attn=True, window_size=3, attn_types=["global", "local"]),
     dict(normalization_type="RMSPre", act_fn="silu"),
+    dict(parallel_attn_mlp=True),
+    dict(parallel_attn_mlp=True, normalization_type=None),
 ])
 def test_transformer_lens_architectures_reproduce_the_model(overrides):
     model = tl_model(**overrides)
@@ -340,7 +364,7 @@ def _completeness(adapter, layer, X, n_steps):
                  / target.pow(2).mean().sqrt())
 
 
-@pytest.mark.parametrize("source", ["gpt2", "llama"])
+@pytest.mark.parametrize("source", ["gpt2", "llama", "gpt_neox"])
 def test_completeness_holds_except_on_norm_divisions(source, float64_rms_norm):
     adapter = TransformerAdapter.from_hf(hf(source))
     X = tokens(3, 6)
