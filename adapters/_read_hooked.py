@@ -25,7 +25,7 @@ def read_hooked_transformer(model: Any) -> TransformerWeights:
     model : transformer_lens.HookedTransformer
         A decoder-only pre-norm model (transformer_lens 2.x or 3.x): learned or rotary
         positions, LayerNorm / RMSNorm (``LN``, ``LNPre``, ``RMS``, ``RMSPre``) or none, plain
-        or gated MLPs, grouped-query and local attention.
+        or gated MLPs, grouped-query and local attention, sequential or parallel blocks.
 
     Returns
     -------
@@ -38,7 +38,7 @@ def read_hooked_transformer(model: Any) -> TransformerWeights:
         If ``model`` is not a ``HookedTransformer``.
     ValueError
         If the configuration uses a feature the sequential transformer does not model
-        (parallel attention and MLP, mixture of experts, QK norm, soft-capping, ...).
+        (mixture of experts, QK norm, soft-capping, post-norm blocks, ...).
     """
     from transformer_lens import HookedTransformer
 

@@ -167,7 +167,8 @@ class HookedTransformerAdapter(TransformerAdapter):
     model : HookedTransformer, LoadedTransformer or TransformerWeights
         A decoder-only pre-norm model with learned or rotary positions, normalization None,
         "LN", "LNPre", "RMS" or "RMSPre", plain or gated MLPs, grouped-query or local
-        attention. Attention-only models are supported (no ``resid_mid``).
+        attention, sequential or parallel blocks (``parallel_attn_mlp``). Attention-only
+        models are supported (no ``resid_mid``).
     node_layers : sequence of str, default=None
         Cut names, input side first. Default: without layer norm, every ``resid_pre`` and
         ``resid_mid``, the final ``resid_post`` and ``logits``; with layer norm, the
