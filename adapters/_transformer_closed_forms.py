@@ -1,4 +1,4 @@
-"""Closed-form composite segments for :class:`HookedTransformerAdapter` (no layer norm).
+"""Closed-form composite segments for :class:`TransformerAdapter` (between residual cuts).
 
 A composite segment ``G(z) = seg(z @ in_map.T) @ out_map.T`` maps basis coordinates of one node
 layer to basis coordinates of the next (see :mod:`sklearn_lib._segments`). The generic
@@ -18,7 +18,8 @@ segment keeps only the last position) is reproduced: outputs at the last positio
 Jacobians with respect to every input position.
 
 :func:`closed_form_segment` returns ``None`` for what is not covered here (spans of several
-sublayers, layer norm), and the caller falls back to the generic segment.
+operations, layer norm, rotary positions, local attention, gated MLPs), and the caller falls
+back to the generic segment. Grouped-query attention is expanded to one key/value per head.
 """
 
 from __future__ import annotations
@@ -44,31 +45,33 @@ __all__ = [
 _MEMORY_BUDGET = 32 * 2**20
 
 
-def closed_form_segment(weights, steps, start: int, stop: int, last_from: int | None,
-                        segment: Callable[[Tensor], Tensor], in_map: Tensor,
-                        out_map: Tensor) -> CompositeSegment | None:
-    """The closed-form composite of the single step ``start`` (cut ``start`` -> ``start + 1``).
+def closed_form_segment(weights, op, last: bool, segment: Callable[[Tensor], Tensor],
+                        in_map: Tensor, out_map: Tensor) -> CompositeSegment | None:
+    """The closed-form composite of one operation between two residual cuts, or ``None``.
 
-    ``weights`` are the adapter's :class:`TransformerWeights` (already cast), ``steps`` its
-    ``_steps(weights)``, ``segment`` the generic span (kept as ``.segment``). Returns ``None``
-    when the span has several sublayers or touches a layer norm.
+    ``weights`` are the adapter's :class:`TransformerWeights` (already cast), ``op`` the
+    sequential transformer's operation (``kind`` "attn", "mlp" or "unembed", ``block``),
+    ``last`` whether the output cut keeps only the last position, ``segment`` the generic
+    span (kept as ``.segment``). Returns ``None`` for a norm inside the span, rotary
+    positions, local attention and gated MLPs (the generic composite handles them).
     """
-    if stop != start + 1 or not 0 <= start < len(steps):
-        return None
-    step = steps[start]
-    if step.norm is not None or (stop < len(steps) and steps[stop].norm is not None):
+    if op.norm is not None or op.kind not in ("attn", "mlp", "unembed"):
         return None
     d = weights.d_model
     if in_map.shape[0] != 1 + d or out_map.shape[1] != (
-        1 + (weights.d_vocab_out if step.kind == "unembed" else d)
+        1 + (weights.d_vocab_out if op.kind == "unembed" else d)
     ):
         return None
-    last = last_from is not None and start + 1 >= last_from
-    if step.kind == "attn":
-        return AttentionComposite(weights.blocks[step.block].attn, segment, in_map, out_map,
-                                  last)
-    if step.kind == "mlp":
-        return MLPComposite(weights.blocks[step.block].mlp, segment, in_map, out_map, last)
+    if op.kind == "attn":
+        attn = weights.blocks[op.block].attn
+        if attn.rotary is not None or attn.window is not None:
+            return None
+        return AttentionComposite(attn, segment, in_map, out_map, last)
+    if op.kind == "mlp":
+        mlp = weights.blocks[op.block].mlp
+        if mlp.W_gate is not None:
+            return None
+        return MLPComposite(mlp, segment, in_map, out_map, last)
     return UnembedComposite(weights.W_U, weights.b_U, segment, in_map, out_map, last)
 
 
@@ -131,9 +134,9 @@ def _mask_chunks(masks: Tensor, bytes_per_mask: Callable[[int, int, bool], int],
 
 def _activation_and_derivative(act_fn: str) -> tuple[Callable[[Tensor], Tensor],
                                                      Callable[[Tensor], Tensor]]:
-    from sklearn_lib.adapters._transformer_lens import _ACTIVATIONS
+    from sklearn_lib.adapters._transformer_sequential import ACTIVATIONS
 
-    act = _ACTIVATIONS[act_fn]
+    act = ACTIVATIONS[act_fn]
     if act_fn == "relu":
         # The derivative autograd uses: 0 at the kink.
         return act, lambda x: (x > 0).to(x.dtype)
@@ -364,10 +367,15 @@ class AttentionComposite(_FoldedComposite):
         def fold(W: Tensor, b: Tensor) -> Tensor:  # (H, d, dh), (H, dh) -> (H, n_in, dh)
             return torch.einsum("dj,hdk->hjk", P, W) + a0[None, :, None] * b[:, None, :]
 
+        group = attn.W_Q.shape[0] // attn.W_K.shape[0]  # grouped-query: share K and V
+
+        def kv(t: Tensor) -> Tensor:
+            return t if group == 1 else t.repeat_interleave(group, dim=0)
+
         self.scale = float(attn.scale)
         self.WQ = fold(attn.W_Q, attn.b_Q) / self.scale  # scores are q . k, scale folded in
-        self.WK = fold(attn.W_K, attn.b_K)
-        WV = fold(attn.W_V, attn.b_V)
+        self.WK = fold(kv(attn.W_K), kv(attn.b_K))
+        WV = fold(kv(attn.W_V), kv(attn.b_V))
         self.U = torch.einsum("hjk,hkd,id->hji", WV, attn.W_O, Q)  # (H, n_in, n_out)
         self.L0 = torch.outer(o0, a0) + Q @ (P + torch.outer(attn.b_O, a0))
         self.causal = bool(attn.causal)

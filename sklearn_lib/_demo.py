@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
-
-from sklearn.pipeline import make_pipeline
-
-from sklearn_lib._ablation import EdgeAblationSearch
-from sklearn_lib._edges import IGEdgeScorer
-from sklearn_lib._interaction import LocalInteractionBasis
-from sklearn_lib._modularity import LeidenModularity
-from sklearn_lib._whitening import PCAWhitener
-from sklearn_lib.adapters import MLPAdapter
-from sklearn_lib.tasks import load_digits_split, train_mlp_classifier
 
 __all__ = ["run_demo", "comparison_table"]
 
@@ -42,55 +33,52 @@ def comparison_table(graphs: dict) -> str:
 def run_demo(out_dir: str | Path = "sklearn-lib-demo", *, seed: int = 0, verbose: bool = True) -> dict:
     """Train a digits MLP, fit LIB and PCA, score, ablate, find modules, print and plot.
 
-    Returns a dict with the graphs, the table, the test accuracy and the figure path.
+    The set-up is :func:`sklearn_lib.tasks.digits_mlp_preset`. Returns a dict with the
+    preset, the graphs, the table, the test accuracy and the figure path.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sklearn_lib._plotting import plot_interaction_graph
+    from sklearn_lib.tasks import digits_mlp_preset
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    X_train, X_test, y_train, y_test = load_digits_split(seed=seed)
-    model = train_mlp_classifier(X_train, y_train, hidden=(32, 32), epochs=300, seed=seed)
-    import torch
-
-    with torch.no_grad():
-        acc = float((model(torch.tensor(X_test, dtype=torch.float32)).argmax(1).numpy() == y_test).mean())
+    preset = digits_mlp_preset(seed=seed)
+    acc = preset.info["test_accuracy"]
     print(f"Trained a ReLU MLP 64-32-32-10 on digits in {time.perf_counter() - t0:.1f} s: "
           f"test accuracy {acc:.3f}")
-    adapter = MLPAdapter(model)
     graphs, timings = {}, {}
-    for name, basis in [("LIB", LocalInteractionBasis(adapter, verbose=verbose, random_state=seed)),
-                        ("PCA", PCAWhitener(adapter, verbose=verbose))]:
+    for name, basis in [("LIB", "lib"), ("PCA", "pca")]:
+        if verbose:
+            print(f"{name}: basis, edges, ablation search, communities", file=sys.stderr)
         t = time.perf_counter()
-        pipe = make_pipeline(
-            basis, IGEdgeScorer(verbose=verbose),
-            EdgeAblationSearch(verbose=verbose), LeidenModularity(random_state=seed),
-        )
-        graphs[name] = pipe.fit_transform(
-            X_train, y_train, edgeablationsearch__X_eval=X_test, edgeablationsearch__y_eval=y_test
-        )
+        graphs[name] = preset.run(basis, verbose=verbose)
         timings[name] = time.perf_counter() - t
     table = comparison_table(graphs)
     print()
-    print("Edges needed to keep test accuracy within 0.001 (fewer = sparser interactions):")
+    tol = graphs["LIB"].ablation[0].tolerance
+    print(f"Edges needed to keep test accuracy within {tol:g} (fewer = sparser interactions):")
     print(table)
     print()
     for name, g in graphs.items():
         print(f"{name}: modularity Q = {g.modularity:.3f}, "
               f"{len({int(c) for cs in g.communities for c in cs if c >= 0})} communities, "
               f"pipeline {timings[name]:.1f} s")
-    fig, axes = plt.subplots(1, 2, figsize=(18, 7))
+    fig, axes = plt.subplots(1, 2, figsize=(22, 9))
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.2, wspace=0.3)  # room for the labels
     for ax, (name, g) in zip(axes, graphs.items()):
-        g.plot(ax=ax, max_features=16, title=f"{name} interaction graph (digits MLP)")
-    fig.tight_layout()
+        plot_interaction_graph(g, ax=ax, max_features=16,
+                               title=f"{name} interaction graph (digits MLP)")
     figure = out_dir / "interaction_graph.png"
-    fig.savefig(figure, dpi=110)
+    fig.savefig(figure, dpi=110, bbox_inches="tight")
     plt.close(fig)
     for name, g in graphs.items():
         g.save(out_dir / f"graph_{name.lower()}.npz")
     print(f"\nWrote {figure} and the graphs to {out_dir}/ "
           f"(total {time.perf_counter() - t0:.1f} s)")
-    return {"graphs": graphs, "table": table, "test_accuracy": acc, "figure": figure}
+    return {"preset": preset, "graphs": graphs, "table": table, "test_accuracy": acc,
+            "figure": figure}

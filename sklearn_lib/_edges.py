@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from numbers import Integral
 
 import numpy as np
@@ -9,7 +10,6 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
 from sklearn_lib._common import (
     check_finite,
@@ -23,6 +23,10 @@ from sklearn_lib._segments import make_composite
 from sklearn_lib._stream import ActivationStream, batch_generator, check_same_graph, n_samples
 
 __all__ = ["IGEdgeScorer", "quadrature"]
+
+#: ``IGEdgeScorer`` warns when a layer pair's relative completeness error exceeds this, unless
+#: the adapter reports the pair's segment as a norm division (``is_norm_division``).
+COMPLETENESS_WARNING_THRESHOLD = 0.05
 
 
 def quadrature(integration: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +76,18 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
     ``sum_j A_(i,s),j = F_(i,s)(f_hat)`` (up to quadrature error), since ``F(0) = 0``.
     ``fit`` computes the edges on the graph's inputs, streaming a sum of squares and a count.
 
+    ``fit`` also measures how far completeness is from holding, per layer pair (like captum's
+    convergence delta): ``completeness_errors_[l]`` is the RMS over data, positions (or
+    stochastic sources) and output features ``i >= 1`` of ``sum_j A_(i,s),j - f_hat^{l+1}_(i,s)``,
+    divided by the RMS of ``f_hat^{l+1}_(i,s)`` (the constant output ``i = 0`` is exact and
+    left out). It is quadrature error (the ``"endpoint"`` rule is exact only for positively
+    homogeneous segments; attention and smooth activations need ``"gauss-legendre"``) plus
+    what the bases truncate. A segment that divides by a layer norm's scale is homogeneous of
+    degree 0, so integrated gradients from 0 are not complete on it by construction. ``fit``
+    warns (``UserWarning``) when the error exceeds ``COMPLETENESS_WARNING_THRESHOLD`` (0.05)
+    on a pair whose segment the adapter does not report as a norm division (an adapter
+    reports one through an optional ``is_norm_division(layer)`` method).
+
     Parameters
     ----------
     integration : {"endpoint", "gauss-legendre", "trapezoidal"}, default="endpoint"
@@ -93,6 +109,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
     ----------
     edges_ : tuple of ndarray
         ``edges_[l]`` has shape ``(n_features(l+1), n_features(l))``.
+    completeness_errors_ : ndarray of shape (n_layers - 1,)
+        Relative completeness error of every layer pair (see above).
     pairs_ : list of (str, str)
     n_samples_ : int
 
@@ -183,32 +201,62 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         sums = [torch.zeros(b.n_features, a.n_features, dtype=torch.float64)
                 for a, b in zip(graph.bases[:-1], graph.bases[1:])]
         counts = [0 for _ in pairs]
+        miss = np.zeros(len(pairs))  # sums of squares: completeness residual and f_hat^{l+1}
+        size = np.zeros(len(pairs))
         # Sources are drawn per batch from (seed, batch index): the same in any sharding.
         seed = (None if self.n_stochastic_sources is None
                 else int(torch.randint(2**62, (1,), generator=generator)))
         stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
                                   device=device, verbose=self.verbose)
-        inputs = layers[:-1]
-        for batch in stream.batches(inputs, projections=dict(zip(inputs, C)), desc="IG edges"):
+        for batch in stream.batches(layers, projections=dict(zip(layers, C)), desc="IG edges"):
             generator = batch_generator(seed, batch.index)
             for p in pairs:
                 z = batch.z[layers[p]]
-                A = self._attributions(fns[p], z, alphas, weights, generator, dtype, device)
+                A, sources = self._attributions(fns[p], z, alphas, weights, generator, dtype,
+                                                device, return_sources=True)
                 check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", batch.start)
                 sums[p] += (A.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
                 counts[p] += z.shape[0] * z.shape[1]  # N T, T = positions of layer l
-        sums = stream.reduce_sum(*sums)
-        counts = stream.reduce_sum(torch.tensor(counts, dtype=torch.float64))[0].tolist()
+                target = batch.z[layers[p + 1]]  # f_hat^{l+1}: (batch, S, n_out)
+                if sources is not None:
+                    target = torch.einsum("brs,bsi->bri", sources, target) / sources.shape[1] ** 0.5
+                residual = (A.sum(-1) - target)[..., 1:].to(torch.float64)
+                miss[p] += float((residual**2).sum())
+                size[p] += float((target[..., 1:].to(torch.float64) ** 2).sum())
+        *sums, totals = stream.reduce_sum(
+            *sums, torch.tensor(np.stack([counts, miss, size]), dtype=torch.float64))
+        counts, miss, size = totals[0].tolist(), totals[1].numpy(), totals[2].numpy()
         self.edges_ = tuple((s / c).sqrt().numpy() for s, c in zip(sums, counts))
+        self.completeness_errors_ = np.sqrt(miss / np.maximum(size, np.finfo(float).tiny))
+        divides = getattr(adapter, "is_norm_division", None)
+        for p in pairs:
+            error = self.completeness_errors_[p]
+            if error > COMPLETENESS_WARNING_THRESHOLD and not (
+                callable(divides) and divides(layers[p])
+            ):
+                warnings.warn(
+                    f"Integrated gradients are incomplete on {layers[p]!r} -> "
+                    f"{layers[p + 1]!r}: the attributions miss f_hat^(l+1) by {error:.1%} "
+                    f"(RMS, relative; threshold {COMPLETENESS_WARNING_THRESHOLD:.0%}). "
+                    + ("The 'endpoint' rule is exact only for positively homogeneous segments "
+                       "(ReLU MLPs); use integration='gauss-legendre' for attention and smooth "
+                       "activations" if self.integration == "endpoint" else
+                       "Use more n_steps")
+                    + ", or keep more basis directions (smaller rtol).",
+                    UserWarning,
+                    stacklevel=2,
+                )
         self.pairs_ = graph.pairs
         self.n_samples_ = n_samples(X)
         self._bases = graph.bases
         return self
 
-    def _attributions(self, F, z, alphas, weights, generator, dtype, device) -> torch.Tensor:
+    def _attributions(self, F, z, alphas, weights, generator, dtype, device,
+                      return_sources=False):
         """``A`` of shape (batch, S, n_out, n_in); S output positions or stochastic sources.
 
-        ``F`` is a :class:`CompositeSegment` (or an adapter's closed-form one).
+        ``F`` is a :class:`CompositeSegment` (or an adapter's closed-form one). With
+        ``return_sources``, also the sources of shape (batch, R, S) (``None`` when exact).
         """
         R = self.n_stochastic_sources
         sources = None
@@ -221,7 +269,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
             J = F.jacobian(alpha * z, sources)
             jbar = w * J if jbar is None else jbar + w * J
         # A_(i,s),j = sum_t f_hat_(j,t) * Jbar_(i,s),(j,t)
-        return torch.einsum("bsitj,btj->bsij", jbar, z)
+        A = torch.einsum("bsitj,btj->bsij", jbar, z)
+        return (A, sources) if return_sources else A
 
     def transform(self, X):
         """Attach the fitted edges to a graph with the same bases.

@@ -262,7 +262,9 @@ def test_plot_returns_axes(full_graph):
     ax = graph.plot()
     assert isinstance(ax, matplotlib.axes.Axes)
     assert len(ax.collections) == len(graph.layers)  # one scatter per layer
-    assert [t.get_text() for t in ax.get_yticklabels()] == list(graph.layers)
+    # First line: the layer (nn.Sequential indices with their module); second: features shown.
+    assert [t.get_text().splitlines()[0] for t in ax.get_yticklabels()] == \
+        ["input", "[1] ReLU", "[3] ReLU", "[4] Linear"]
     fig, ax2 = plt.subplots()
     out = plot_interaction_graph(graph, ax=ax2, include_constant=True, max_features=2,
                                  feature_labels={("1", 1): "f1"}, title="t")

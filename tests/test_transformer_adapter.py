@@ -1,4 +1,5 @@
-"""Tests of the transformer_lens HookedTransformer adapter (adapters/_transformer_lens.py)."""
+"""Tests of the transformer_lens HookedTransformer adapter (adapters/_transformer_lens.py) and
+of the sequential transformer's cuts (adapters/_transformer_sequential.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa:
 
 from sklearn_lib.adapters import (  # noqa: E402
     HookedTransformerAdapter,
+    LoadedTransformer,
     ModelAdapter,
     load_hooked_transformer,
 )
@@ -54,6 +56,11 @@ def make_model(dtype: torch.dtype = torch.float64, **overrides) -> HookedTransfo
             if name.endswith(biases):  # defaults are 0 (or 1): folding would go untested
                 p.add_(0.3 * torch.randn(p.shape, generator=gen).to(p.dtype))
     return model.eval()
+
+
+def every_cut(model, **kw) -> HookedTransformerAdapter:
+    """An adapter with every cut of the sequential transformer as a node layer."""
+    return HookedTransformerAdapter(model, node_layers=HookedTransformerAdapter(model).cuts, **kw)
 
 
 def tokens(n: int = 6, n_pos: int = N_CTX) -> torch.Tensor:
@@ -116,40 +123,74 @@ def test_float32_model_in_float32():
 
 def test_activations_equal_the_hook_values():
     model = make_model()
-    adapter = HookedTransformerAdapter(model)
+    adapter = every_cut(model)
+    assert adapter.cuts == (
+        "blocks.0.hook_resid_pre", "blocks.0.ln1_out", "blocks.0.attn_in",
+        "blocks.0.hook_resid_mid", "blocks.0.ln2_out", "blocks.0.mlp_in",
+        "blocks.1.hook_resid_pre", "blocks.1.ln1_out", "blocks.1.attn_in",
+        "blocks.1.hook_resid_mid", "blocks.1.ln2_out", "blocks.1.mlp_in",
+        "blocks.1.hook_resid_post", "ln_final_out", "unembed_in", "logits",
+    )
     X = tokens()
     acts = adapter.activations(X, adapter.node_layers, **F64)
     with torch.no_grad():
         logits, cache = model.run_with_cache(X)
-    scales = {
-        "blocks.0.hook_resid_pre": "blocks.0.ln1.hook_scale",
-        "blocks.0.hook_resid_mid": "blocks.0.ln2.hook_scale",
-        "blocks.1.hook_resid_pre": "blocks.1.ln1.hook_scale",
-        "blocks.1.hook_resid_mid": "blocks.1.ln2.hook_scale",
-        "blocks.1.hook_resid_post": "ln_final.hook_scale",
-    }
-    for layer, scale_hook in scales.items():
-        f = acts[layer]
-        assert f.shape == (6, N_CTX, 1 + 16 + 1)
-        assert torch.equal(f[..., 0], torch.ones(6, N_CTX, dtype=torch.float64))
-        torch.testing.assert_close(f[..., 1:17], cache[layer], rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(f[..., 17:], cache[scale_hook], rtol=1e-12, atol=1e-12)
-        assert adapter.fixed_features(layer) == (0, 17)
-    torch.testing.assert_close(acts["logits"][..., 1:], logits, rtol=1e-12, atol=1e-12)
+    ones = torch.ones(6, N_CTX, dtype=torch.float64)
+    close = dict(rtol=1e-12, atol=1e-12)
+    for i in range(2):
+        for resid, ln, cut in (("resid_pre", "ln1", "attn_in"), ("resid_mid", "ln2", "mlp_in")):
+            hook = f"blocks.{i}.hook_{resid}"
+            f = acts[hook]  # the residual stream only
+            assert f.shape == (6, N_CTX, 17) and torch.equal(f[..., 0], ones)
+            torch.testing.assert_close(f[..., 1:], cache[hook], **close)
+            g = acts[f"blocks.{i}.{ln}_out"]  # residual and the norm's scale
+            torch.testing.assert_close(g[..., 1:17], cache[hook], **close)
+            torch.testing.assert_close(g[..., 17:], cache[f"blocks.{i}.{ln}.hook_scale"], **close)
+            assert adapter.fixed_features(f"blocks.{i}.{ln}_out") == (0, 17)
+            h = acts[f"blocks.{i}.{cut}"]  # residual and the normalised residual
+            assert h.shape == (6, N_CTX, 33) and adapter.fixed_features(f"blocks.{i}.{cut}") == (0,)
+            torch.testing.assert_close(h[..., 1:17], cache[hook], **close)
+            torch.testing.assert_close(h[..., 17:], cache[f"blocks.{i}.{ln}.hook_normalized"]
+                                       * model.blocks[i].get_submodule(ln).w
+                                       + model.blocks[i].get_submodule(ln).b, **close)
+    torch.testing.assert_close(acts["ln_final_out"][..., 17:], cache["ln_final.hook_scale"],
+                               **close)
+    torch.testing.assert_close(acts["unembed_in"][..., 1:],
+                               cache["ln_final.hook_normalized"] * model.ln_final.w
+                               + model.ln_final.b, **close)
+    torch.testing.assert_close(acts["logits"][..., 1:], logits, **close)
     assert adapter.fixed_features("logits") == (0,)
+
+
+def test_norm_divisions_are_segments_of_their_own():
+    model = make_model()
+    adapter = HookedTransformerAdapter(model)  # default: the ln*_out and *_in cuts
+    assert adapter.node_layers == (
+        "blocks.0.ln1_out", "blocks.0.attn_in", "blocks.0.ln2_out", "blocks.0.mlp_in",
+        "blocks.1.ln1_out", "blocks.1.attn_in", "blocks.1.ln2_out", "blocks.1.mlp_in",
+        "ln_final_out", "unembed_in", "logits",
+    )
+    divides = [adapter.is_norm_division(layer) for layer in adapter.node_layers]
+    assert divides == [True, False] * 5 + [False]
+    coarse = HookedTransformerAdapter(model, node_layers=["blocks.0.hook_resid_pre",
+                                                          "blocks.0.hook_resid_mid", "logits"])
+    assert [coarse.is_norm_division(n) for n in coarse.node_layers] == [True, True, False]
+    plain = HookedTransformerAdapter(make_model(normalization_type=None))
+    assert not any(plain.is_norm_division(n) for n in plain.node_layers)
 
 
 def test_activations_with_last_position_from_keep_the_last_position():
     model = make_model()
-    adapter = HookedTransformerAdapter(model, last_position_from="blocks.1.hook_resid_mid")
+    adapter = every_cut(model, last_position_from="blocks.1.hook_resid_mid")
     X = tokens()
     acts = adapter.activations(X, adapter.node_layers, **F64)
     with torch.no_grad():
         _, cache = model.run_with_cache(X)
-    assert acts["blocks.1.hook_resid_pre"].shape[1] == N_CTX
+    assert acts["blocks.1.attn_in"].shape[1] == N_CTX
     for layer in ("blocks.1.hook_resid_mid", "blocks.1.hook_resid_post"):
-        assert acts[layer].shape == (6, 1, 18)
+        assert acts[layer].shape == (6, 1, 17)
         torch.testing.assert_close(acts[layer][:, 0, 1:17], cache[layer][:, -1])
+    assert acts["blocks.1.ln2_out"].shape == (6, 1, 18)
     assert acts["logits"].shape == (6, 1, 1 + D_VOCAB)
     assert adapter.forward_from("logits", **F64)(acts["logits"]).shape == (6, D_VOCAB)
 
@@ -171,25 +212,37 @@ def test_node_layer_subset_and_aliases():
     with torch.no_grad():
         _, cache = model.run_with_cache(X)
     acts = adapter.activations(X, adapter.node_layers, **F64)
-    # blocks.0.hook_resid_post is the cut blocks.1.hook_resid_pre: it carries ln1 of block 1.
-    post = acts["blocks.0.hook_resid_post"]
-    torch.testing.assert_close(post[..., 1:17], cache["blocks.0.hook_resid_post"])
-    torch.testing.assert_close(post[..., 17:], cache["blocks.1.ln1.hook_scale"])
+    post = acts["blocks.0.hook_resid_post"]  # the cut blocks.1.hook_resid_pre: residual only
+    torch.testing.assert_close(post[..., 1:], cache["blocks.0.hook_resid_post"])
     out = chain(adapter, acts["blocks.0.hook_resid_pre"], **F64)
     with torch.no_grad():
         torch.testing.assert_close(out[..., 1:], model(X), rtol=1e-10, atol=1e-12)
+    paper = HookedTransformerAdapter(model, node_layers=["blocks.0.ln1", "blocks.0.ln2",
+                                                         "blocks.1.ln1", "ln_final", "logits"])
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_mid", "blocks.1.hook_resid_pre",
+             "blocks.1.hook_resid_post", "logits"]
+    by_alias = paper.activations(X, paper.node_layers, **F64)
+    for alias, name in zip(paper.node_layers, names):
+        torch.testing.assert_close(by_alias[alias][..., 1:], acts[name][..., 1:] if name in acts
+                                   else cache[name] if name != "logits" else acts["logits"][..., 1:])
 
 
 def test_attention_only_model():
     model = make_model(attn_only=True)
     adapter = HookedTransformerAdapter(model)
     assert adapter.node_layers == (
+        "blocks.0.ln1_out", "blocks.0.attn_in", "blocks.1.ln1_out", "blocks.1.attn_in",
+        "ln_final_out", "unembed_in", "logits",
+    )
+    plain = HookedTransformerAdapter(make_model(attn_only=True, normalization_type=None))
+    assert plain.node_layers == (
         "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post", "logits"
     )
     X = tokens()
-    out = chain(adapter, first(adapter, X), **F64)
-    with torch.no_grad():
-        torch.testing.assert_close(out[..., 1:], model(X), rtol=1e-10, atol=1e-12)
+    for a, m in ((adapter, model), (plain, plain.model)):
+        out = chain(a, first(a, X), **F64)
+        with torch.no_grad():
+            torch.testing.assert_close(out[..., 1:], m(X), rtol=1e-10, atol=1e-12)
 
 
 def test_attention_scale_options():
@@ -211,7 +264,7 @@ def test_label_position():
     with torch.no_grad():
         expected = model(X)
     f = first(HookedTransformerAdapter(model), X)
-    layer = "blocks.0.hook_resid_pre"
+    layer = "blocks.0.ln1_out"
     every = HookedTransformerAdapter(model, label_position=None).forward_from(layer, **F64)
     torch.testing.assert_close(every(f), expected)
     second = HookedTransformerAdapter(model, label_position=1).forward_from(layer, **F64)
@@ -232,7 +285,7 @@ def test_segments_vanish_at_zero_and_pass_the_constant(norm):
             out = seg(c * acts[layer])
             assert torch.isfinite(out).all()
             assert torch.equal(out[..., 0], torch.full_like(out[..., 0], c))
-    rest = adapter.forward_from("blocks.0.hook_resid_pre", **F64)
+    rest = adapter.forward_from(adapter.node_layers[0], **F64)
     zero_logits = rest(torch.zeros(2, N_CTX, 1 + 16 + (norm is not None), dtype=torch.float64))
     assert torch.equal(zero_logits, torch.zeros_like(zero_logits))
 
@@ -241,15 +294,22 @@ def test_scale_feature_folds_eps_with_the_constant():
     # "ln in" appends sqrt(var + eps * f_0**2): homogeneous of degree 1, so F(0) = 0.
     model = make_model()
     eps = model.cfg.eps
-    adapter = HookedTransformerAdapter(model)
+    adapter = every_cut(model)
     acts = adapter.activations(tokens(), adapter.node_layers, **F64)
-    for layer in adapter.node_layers[:-2]:
+    layers = adapter.node_layers
+    checked = 0
+    for layer, nxt in zip(layers[:-1], layers[1:]):
+        if adapter.fixed_features(nxt) == (0,):
+            continue
         for c in (1.0, 0.3):
             out = adapter.segment(layer, **F64)(c * acts[layer])
             resid = out[..., 1:17]
             var = (resid - resid.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True)
             expected = torch.sqrt(var + eps * c**2)
             torch.testing.assert_close(out[..., 17:], expected, rtol=1e-13, atol=0)
+            torch.testing.assert_close(out, c * acts[nxt], rtol=1e-13, atol=1e-15)
+        checked += 1
+    assert checked == 5  # ln1 and ln2 of both blocks, ln_final
 
 
 def test_jacobians_under_torch_func():
@@ -286,8 +346,8 @@ def test_causal_mask():
         torch.testing.assert_close(a[layer][:, :-1], b[layer][:, :-1], rtol=0, atol=0)
         assert not torch.allclose(a[layer][:, -1], b[layer][:, -1])
     # and inside a segment: a later position never moves an earlier one
-    seg = adapter.segment("blocks.0.hook_resid_pre", **F64)
-    f = a["blocks.0.hook_resid_pre"]
+    seg = adapter.segment("blocks.0.attn_in", **F64)
+    f = a["blocks.0.attn_in"]
     g = f.clone()
     g[:, 2:, 1:] += 1.0
     torch.testing.assert_close(seg(f)[:, :2], seg(g)[:, :2], rtol=0, atol=0)
@@ -336,19 +396,29 @@ def test_weights_reader_returns_plain_tensors():
 
 
 def test_module_imports_without_transformer_lens():
+    """One subprocess: the adapters import without transformers or transformer_lens, and the
+    modular-addition path (load_hooked_transformer, modadd_adapter) never imports them."""
     code = (
-        "import sys, sklearn_lib.adapters, sklearn_lib.adapters._transformer_lens; "
-        "assert 'transformer_lens' not in sys.modules"
+        "import sys, torch, sklearn_lib.adapters, sklearn_lib.adapters._transformer_lens; "
+        "bad = [m for m in ('transformers', 'transformer_lens') if m in sys.modules]; "
+        "assert not bad, bad; "
+        "from sklearn_lib.tasks._modular_addition import shipped_modadd_checkpoint; "
+        "from sklearn_lib.tasks._modadd_experiment import modadd_adapter; "
+        "from sklearn_lib.adapters import load_hooked_transformer; "
+        "state, config = shipped_modadd_checkpoint(0); "
+        "a = modadd_adapter(load_hooked_transformer(state, config)); "
+        "a.activations([[1, 2, 113]], a.node_layers, dtype=torch.float64, device='cpu'); "
+        "assert 'transformer_lens' not in sys.modules, 'transformer_lens imported'"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
 # -- loading ---------------------------------------------------------------------------------
 def test_loader_accepts_nested_flat_and_json(tmp_path):
     cfg = dict(n_layers=1, d_model=8, d_head=4, n_heads=2, d_mlp=16, n_ctx=3, d_vocab=5,
                act_fn="relu", normalization_type="LN")
-    source = HookedTransformer(HookedTransformerConfig(**cfg))
+    source = make_model(**cfg)
     path = tmp_path / "model_state_dict.pt"
     torch.save(source.state_dict(), path)
     (tmp_path / "config.json").write_text(json.dumps({"model": cfg, "train": {"epochs": 1}}))
@@ -357,13 +427,23 @@ def test_loader_accepts_nested_flat_and_json(tmp_path):
         expected = source(X)
     for config in ({"model": cfg}, cfg, tmp_path / "config.json", str(tmp_path / "config.json")):
         model = load_hooked_transformer(path, config)
-        assert isinstance(model, HookedTransformer) and not model.training
-        with torch.no_grad():
-            torch.testing.assert_close(model(X), expected)
-    with pytest.raises(ValueError, match="not a HookedTransformerConfig"):
+        assert isinstance(model, LoadedTransformer) and not model.training
+        assert model.cfg.d_model == 8 and model.eval() is model
+        torch.testing.assert_close(model(X), expected, rtol=1e-12, atol=1e-12)
+        adapter = HookedTransformerAdapter(model)
+        torch.testing.assert_close(chain(adapter, first(adapter, X), **F64)[..., 1:], expected)
+    with pytest.raises(ValueError, match=r"not a HookedTransformerConfig: unknown fields \['n_b"):
         load_hooked_transformer(path, {**cfg, "n_blocks": 3})
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ValueError, match=r"required fields \['n_ctx'\] are missing"):
+        load_hooked_transformer(path, {k: v for k, v in cfg.items() if k != "n_ctx"})
+    with pytest.raises(ValueError, match=r"size mismatch for 'blocks.0.mlp.b_in': \(16,\)"):
         load_hooked_transformer(path, {**cfg, "d_mlp": 32})
+    with pytest.raises(ValueError, match=r"unexpected keys \['blocks.0.ln1.b'"):
+        load_hooked_transformer(path, {**cfg, "normalization_type": "RMS"})
+    torch.save({k: v for k, v in source.state_dict().items() if k != "blocks.0.ln1.w"},
+               tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="missing key 'blocks.0.ln1.w'"):
+        load_hooked_transformer(tmp_path / "odd.pt", cfg)
 
 
 @pytest.mark.skipif(not REFERENCE.is_dir(), reason="reference checkpoint not present")
@@ -441,13 +521,14 @@ def test_unknown_layer_names(adapter):
     [
         (dict(node_layers=["blocks.0.hook_resid_pre", "blocks.0.mlp"]),
          r"Unknown node layer 'blocks.0.mlp'. Available: 'blocks.0.hook_resid_pre', "
-         r"'blocks.0.hook_resid_mid', 'blocks.0.hook_resid_post', 'blocks.1.hook_resid_pre'"),
+         r"'blocks.0.ln1', 'blocks.0.ln1_out', 'blocks.0.attn_in', 'blocks.0.hook_resid_mid'"),
         (dict(node_layers=["logits", "blocks.0.hook_resid_pre"]), "forward order"),
         (dict(node_layers=["logits"]), "at least two"),
         (dict(node_layers=["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre"]), "same cut"),
         (dict(last_position_from="blocks.0.resid"), "Unknown last_position_from 'blocks.0.resid'"),
         (dict(last_position_from="blocks.1.hook_resid_pre"),
          r"attention of block 1 still reads.*e.g. 'blocks.1.hook_resid_mid'"),
+        (dict(last_position_from="blocks.1.attn_in"), "attention of block 1 still reads"),
         (dict(last_position_from="blocks.1.hook_resid_post", label_position=0),
          "label_position must be -1"),
         (dict(label_position=1.5), "label_position must be an int or None. Got 1.5"),
@@ -462,14 +543,10 @@ def test_constructor_errors(kwargs, match):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (dict(positional_embedding_type="rotary", rotary_dim=4),
-         "positional_embedding_type='rotary'"),
         (dict(positional_embedding_type="shortformer"), "positional_embedding_type='shortformer'"),
-        (dict(parallel_attn_mlp=True), r"parallel_attn_mlp=True \(parallel attention and MLP\)"),
-        (dict(gated_mlp=True), r"gated_mlp=True \(gated MLPs\)"),
-        (dict(n_key_value_heads=2), r"n_key_value_heads=2 \(grouped-query attention\)"),
         (dict(act_fn="solu_ln"), r"act_fn='solu_ln'"),
-        (dict(output_logits_soft_cap=30.0), r"output_logits_soft_cap=30.0 \(soft-capping\)"),
+        (dict(output_logits_soft_cap=30.0), r"output_logits_soft_cap=30.0 \(soft-capped logits"),
+        (dict(use_qk_norm=True), r"use_qk_norm=True \(query/key normalisation\)"),
     ],
 )
 def test_unsupported_configs(overrides, match):

@@ -127,6 +127,9 @@ CONFIGS = {
     "silu, unembed slices, short input": (dict(n_ctx=4, act_fn="silu"), "logits", 3),
     "attention only, bidirectional": (dict(n_layers=2, attn_only=True,
                                            attention_dir="bidirectional"), None, 3),
+    "grouped-query attention": (dict(n_heads=4, d_head=4, n_key_value_heads=2), None, 3),
+    "multi-query attention, modadd-like": (dict(n_heads=4, d_head=4, n_key_value_heads=1),
+                                           "blocks.0.hook_resid_mid", 3),
 }
 
 
@@ -203,6 +206,26 @@ def test_layer_norm_models_fall_back(norm):
         assert adapter.composite_segment(layer_in, in_map, out_map, **F64) is None
         G = make_composite(adapter, [layer_in, layer_out], in_map, out_map, **F64)
         assert type(G) is CompositeSegment
+
+
+@pytest.mark.parametrize("overrides, kind", [
+    (dict(positional_embedding_type="rotary", rotary_dim=4), "attn"),
+    (dict(use_local_attn=True, window_size=2, attn_types=["local"]), "attn"),
+    (dict(gated_mlp=True, act_fn="silu"), "mlp"),
+])
+def test_rotary_local_and_gated_fall_back(overrides, kind):
+    """Not in closed form: the generic composite (torch.func) serves them."""
+    adapter = HookedTransformerAdapter(make_model(**overrides))
+    layer = {"attn": "blocks.0.hook_resid_pre", "mlp": "blocks.0.hook_resid_mid"}[kind]
+    nxt = adapter.node_layers[adapter.node_layers.index(layer) + 1]
+    gen = torch.Generator().manual_seed(8)
+    maps = random_maps(adapter, layer, nxt, 5, 4, gen, 3)
+    assert adapter.composite_segment(layer, *maps, **F64) is None
+    assert type(make_composite(adapter, [layer, nxt], *maps, **F64)) is CompositeSegment
+    other = "blocks.0.hook_resid_mid" if kind == "attn" else "blocks.0.hook_resid_pre"
+    nxt = adapter.node_layers[adapter.node_layers.index(other) + 1]
+    maps = random_maps(adapter, other, nxt, 5, 4, gen, 3)
+    assert adapter.composite_segment(other, *maps, **F64) is not None  # the other sublayer
 
 
 def test_multi_sublayer_spans_fall_back():

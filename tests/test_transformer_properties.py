@@ -23,10 +23,10 @@ from sklearn_lib.adapters import HookedTransformerAdapter  # noqa: E402
 D_MODEL, N_CTX, D_VOCAB = 12, 4, 7
 
 
-def make_model(seed: int = 0) -> HookedTransformer:
+def make_model(seed: int = 0, norm: str | None = None) -> HookedTransformer:
     cfg = HookedTransformerConfig(
         n_layers=1, d_model=D_MODEL, d_head=4, n_heads=3, d_mlp=24, n_ctx=N_CTX,
-        d_vocab=D_VOCAB, act_fn="relu", normalization_type=None, seed=seed, device="cpu",
+        d_vocab=D_VOCAB, act_fn="relu", normalization_type=norm, seed=seed, device="cpu",
         dtype=torch.float64,
     )
     model = HookedTransformer(cfg)
@@ -72,7 +72,7 @@ def test_stochastic_sources_are_unbiased():
 
 def rotate_residual(model: HookedTransformer, Q: torch.Tensor) -> HookedTransformer:
     """Apply an orthogonal Q to every weight that writes (x Q) or reads (Q^T x) the residual."""
-    rotated = make_model(0)
+    rotated = make_model(0, model.cfg.normalization_type)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for key, value in list(state.items()):
         leaf = key.split(".")[-1]
@@ -92,9 +92,10 @@ def rotate_residual(model: HookedTransformer, Q: torch.Tensor) -> HookedTransfor
     return rotated.eval()
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_rotating_the_residual_stream_changes_nothing(seed):
-    model = make_model(seed)
+@pytest.mark.parametrize("seed, norm", [(0, None), (3, None), (0, "RMSPre")])
+def test_rotating_the_residual_stream_changes_nothing(seed, norm):
+    """Also with RMS norms (no affine weights: rotation-invariant) split at ln*_out / *_in."""
+    model = make_model(seed, norm)
     Q, _ = torch.linalg.qr(torch.randn(D_MODEL, D_MODEL, generator=torch.Generator()
                                        .manual_seed(100 + seed), dtype=torch.float64))
     rotated = rotate_residual(model, Q)

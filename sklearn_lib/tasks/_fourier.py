@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["feature_labels", "fourier_terms", "fourier_label", "grid_features", "monosemanticity"]
+__all__ = ["fourier_labels", "fourier_terms", "fourier_label", "grid_features", "monosemanticity"]
 
 
 def _canonical(a: int, b: int, p: int) -> tuple[int, int]:
@@ -94,33 +94,84 @@ def monosemanticity(values: np.ndarray, modulus: int | None = None) -> float:
 
 
 def grid_features(graph, modulus: int, *, position: int | None = None,
-                  batch_size: int = 2048) -> dict:
+                  batch_size: int = 2048, max_features: int | None = None) -> dict:
     """Basis features of every layer of a modular-addition graph on the full ``p x p`` grid.
 
-    Returns ``{layer: ndarray (p * p, n_features)}``. For layers with several positions the
-    feature is summed over positions (``position=None``: at ``resid_pre`` position 0 carries x
-    and position 1 carries y, so the sum shows both) or read at one ``position``. Feature 0 is
-    the constant.
+    Returns ``{layer: ndarray (p * p, n_features)}`` (features ``0..max_features`` when
+    ``max_features`` is given). For layers with several positions the feature is summed over
+    positions (``position=None``: at ``resid_pre`` position 0 carries x and position 1 carries
+    y, so the sum shows both) or read at one ``position``. Feature 0 is the constant. One
+    forward pass per batch serves every layer.
     """
+    import torch
+
     from sklearn_lib.tasks._modular_addition import modular_addition_grid
 
+    if graph.adapter is None:
+        raise ValueError("grid_features needs the graph's adapter; this graph has none.")
     tokens, _ = modular_addition_grid(modulus)
-    out = {}
-    for layer in graph.layers:
-        F = graph.features(layer, tokens, batch_size=batch_size)
-        out[layer] = F.sum(axis=1) if position is None else F[:, position, :]
-    return out
+    dtype, device = torch.float64, torch.device("cpu")
+    stop = None if max_features is None else max_features + 1
+    Cs = {layer: torch.as_tensor(graph.basis_of(layer).C[:stop], dtype=dtype)
+          for layer in graph.layers}
+    parts: dict[str, list] = {layer: [] for layer in graph.layers}
+    with torch.no_grad():
+        for start in range(0, len(tokens), batch_size):
+            acts = graph.adapter.activations(tokens[start:start + batch_size], list(graph.layers),
+                                             dtype=dtype, device=device)
+            for layer in graph.layers:
+                F = acts[layer] @ Cs[layer].T  # (batch, positions, features)
+                parts[layer].append((F.sum(1) if position is None else F[:, position]).numpy())
+    return {layer: np.concatenate(chunks, axis=0) for layer, chunks in parts.items()}
 
 
-def feature_labels(graph, modulus: int, *, max_features: int = 20,
+def fourier_labels(graph, modulus: int | None = None, *, max_features: int = 20,
                    position: int | None = None) -> tuple[dict, dict]:
-    """Fourier labels and monosemanticity of the first ``max_features`` features of each layer.
+    """Fourier labels and monosemanticity of the first features of a modular-addition graph.
 
-    Returns ``(labels, monosemanticity)``: ``labels[(layer, i)]`` is a string such as
-    ``"92% cos(7x+7y)"``; ``monosemanticity[layer]`` is the list of the largest-term fractions
-    of features ``1..max_features`` (the measure of the paper's section 3.1.2).
+    Each feature is evaluated on all ``p * p`` input pairs and decomposed into real Fourier
+    terms ``cos(2 pi (a x + b y) / p + phase)`` (paper appendix F); the label names the terms
+    explaining at least 10% of its variance, and the monosemanticity is the fraction explained
+    by the largest one (section 3.1.2).
+
+    Parameters
+    ----------
+    graph : InteractionGraph
+        A graph of a modular-addition model (any basis; edges not needed), with its adapter.
+    modulus : int, default=None
+        ``p``; by default read from the graph's adapter (the vocabulary size minus the "="
+        token).
+    max_features : int, default=20
+        Features ``1..max_features`` of each layer are labelled (feature 0 is the constant).
+    position : int, default=None
+        For layers with several positions: the feature at one position, or (None) summed over
+        positions (at ``resid_pre`` position 0 carries x and position 1 carries y).
+
+    Returns
+    -------
+    labels : dict of (str, int) to str
+        ``labels[(layer, i)]``, e.g. ``"92% cos(7x+7y)"``; ``"constant"`` or ``"mixed"`` (no
+        term above 10%). The format ``plot_interaction_graph(feature_labels=...)`` takes.
+    monosemanticity : dict of str to list of float
+        Per layer, the largest-term fraction of features ``1..max_features``.
+
+    Examples
+    --------
+    >>> from sklearn_lib import PCAWhitener
+    >>> from sklearn_lib.tasks import fourier_labels, modadd_preset
+    >>> preset = modadd_preset(seed=0)
+    >>> graph = PCAWhitener(preset.adapter, rotate_final=False).fit_transform(preset.X_train)
+    >>> labels, mono = fourier_labels(graph, max_features=3)
+    >>> sorted(mono) == sorted(graph.layers)
+    True
+    >>> labels[("blocks.0.hook_resid_mid", 1)]
+    '...cos(...'
     """
-    feats = grid_features(graph, modulus, position=position)
+    if modulus is None:
+        modulus = _modulus_of(graph)
+    if not isinstance(max_features, int) or max_features < 1:
+        raise ValueError(f"max_features must be a positive int; got {max_features!r}.")
+    feats = grid_features(graph, modulus, position=position, max_features=max_features)
     labels, mono = {}, {}
     for layer, F in feats.items():
         mono[layer] = []
@@ -128,3 +179,15 @@ def feature_labels(graph, modulus: int, *, max_features: int = 20,
             labels[(layer, i)] = fourier_label(F[:, i], modulus)
             mono[layer].append(monosemanticity(F[:, i], modulus))
     return labels, mono
+
+
+def _modulus_of(graph) -> int:
+    """``p`` of a modular-addition model: its vocabulary holds 0..p-1 and the "=" token."""
+    model = getattr(getattr(graph, "adapter", None), "model", None)
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if d_vocab is None:
+        raise ValueError(
+            "modulus=None needs a graph whose adapter holds a HookedTransformer (to read "
+            "d_vocab); pass modulus=p."
+        )
+    return int(d_vocab) - 1

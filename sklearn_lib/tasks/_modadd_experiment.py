@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,13 @@ def run_modadd_experiment(
     checkpoint: str | Path | None = None,
     config: str | Path | None = None,
     *,
+    seed: int = 0,
     basis: str = "lib",
     frac_train: float | None = None,
     split_seed: int | None = None,
     tolerance: float = 1e-3,
-    rtol: float = 1e-13,
-    atol: float = 1e-15,
+    rtol: float | None = None,
+    atol: float | None = None,
     ablation_dtype: str = "float64",
     batch_size: int = 256,
     resolution: float = 1.0,
@@ -52,80 +53,62 @@ def run_modadd_experiment(
     figure: str | Path | None = None,
     n_labelled: int = 10,
 ) -> dict:
-    """Fit a basis on the train split (float64), score edges (alpha = 1), ablate on the test
-    split (accuracy within ``tolerance``), run Leiden; return the figures as a JSON-ready dict.
+    """Run :func:`~sklearn_lib.tasks.modadd_preset`'s experiment step by step, timing each phase.
 
-    With no checkpoint, the shipped seed-0 model is used. The split defaults to the one in the
-    checkpoint's config (``dataset.frac_train`` and ``dataset.seed``). ``rtol=0, atol=1e-15``
-    reproduces the reference implementation's truncation (an absolute cut).
+    Fits a basis on the train split (float64), scores edges (alpha = 1), ablates on the test
+    split (accuracy within ``tolerance``), runs Leiden; returns the figures as a JSON-ready
+    dict. With no checkpoint, the shipped checkpoint ``seed`` is used. The split defaults to
+    the one in the checkpoint's config. ``rtol`` and ``atol`` default to None: the basis
+    estimators' own defaults (``rtol=0`` with the reference's absolute ``atol`` reproduces
+    the reference implementation's cut; see ``tests/test_reference_modadd.py``).
     """
     import torch
 
-    from sklearn_lib import (
-        EdgeAblationSearch,
-        GlobalInteractionBasis,
-        IGEdgeScorer,
-        LeidenModularity,
-        LocalInteractionBasis,
-        PCAWhitener,
-    )
-    from sklearn_lib.adapters._transformer_lens import load_hooked_transformer
-    from sklearn_lib.tasks._modular_addition import (
-        load_modular_addition,
-        shipped_modadd_checkpoint,
-    )
+    from sklearn_lib.tasks._presets import _BASES, modadd_preset
 
-    if basis not in ("lib", "gib", "pca"):
-        raise ValueError(f"basis must be 'lib', 'gib' or 'pca'; got {basis!r}.")
-    if checkpoint is None:
-        checkpoint, default_config = shipped_modadd_checkpoint(0)
-        config = config or default_config
-    if config is None:
-        guess = Path(checkpoint).with_name("config.json")
-        if not guess.is_file():
-            raise ValueError(
-                f"No config given and none next to the checkpoint ({guess}); pass --config."
-            )
-        config = guess
-    cfg = json.loads(Path(config).read_text())
-    dataset = cfg.get("dataset", {})
-    modulus = int(dataset.get("modulus", cfg.get("model", cfg).get("d_vocab", 114) - 1))
-    frac = float(dataset.get("frac_train", 0.3)) if frac_train is None else frac_train
-    seed = int(dataset.get("seed", 0)) if split_seed is None else split_seed
+    if basis not in _BASES:
+        raise ValueError(f"basis must be one of {list(_BASES)}; got {basis!r}.")
+    def say(message: str) -> None:
+        if verbose:
+            print(f"[modadd] {message}", file=sys.stderr, flush=True)
 
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    model = load_hooked_transformer(checkpoint, cfg)
-    adapter = modadd_adapter(model)
-    data = load_modular_addition(modulus, frac, seed)
+    say("loading the checkpoint and the split")
+    preset = modadd_preset(
+        seed, checkpoint=checkpoint, config=config, frac_train=frac_train, split_seed=split_seed,
+        batch_size=batch_size, tolerance=tolerance, ablation_dtype=ablation_dtype,
+        random_state=random_state,
+    )
+    adapter, info = preset.adapter, preset.info
     with torch.no_grad():
-        logits = adapter.forward_from(MODADD_NODE_LAYERS[0], dtype=torch.float64,
-                                      device=torch.device("cpu"))(
-            adapter.activations(data.X_test, [MODADD_NODE_LAYERS[0]], dtype=torch.float64,
-                                device=torch.device("cpu"))[MODADD_NODE_LAYERS[0]])
-    model_test_accuracy = float((logits.argmax(-1).numpy() == data.y_test).mean())
+        first = MODADD_NODE_LAYERS[0]
+        cpu = torch.device("cpu")
+        acts = adapter.activations(preset.X_test, [first], dtype=torch.float64, device=cpu)
+        logits = adapter.forward_from(first, dtype=torch.float64, device=cpu)(acts[first])
+    model_test_accuracy = float((logits.argmax(-1).numpy() == preset.y_test).mean())
     times["load"] = time.perf_counter() - t0
 
-    common = dict(rotate_final=False, rtol=rtol, atol=atol, batch_size=batch_size,
-                  dtype="float64", verbose=verbose)
-    if basis == "pca":
-        estimator = PCAWhitener(adapter, **common)
-    else:
-        cls = LocalInteractionBasis if basis == "lib" else GlobalInteractionBasis
-        estimator = cls(adapter, random_state=random_state, **common)
+    truncation = {k: v for k, v in (("rtol", rtol), ("atol", atol)) if v is not None}
+    estimator = preset.make_basis(basis, verbose=verbose, **truncation)
+    scorer, search, leiden = preset.make_steps(basis, verbose=verbose)[1:]
+    leiden.set_params(resolution=resolution)
+    say(f"{preset.name}: {len(preset.X_train)} train / {len(preset.X_test)} test rows, "
+        f"model test accuracy {model_test_accuracy:.4f}")
+    say(f"fitting the {basis.upper()} basis on the training rows")
     t = time.perf_counter()
-    graph = estimator.fit_transform(data.X_train)
+    graph = estimator.fit_transform(preset.X_train)
     times["basis"] = time.perf_counter() - t
+    say("scoring integrated-gradient edges")
     t = time.perf_counter()
-    graph = IGEdgeScorer(batch_size=batch_size, verbose=verbose).fit_transform(graph)
+    graph = scorer.fit_transform(graph)
     times["edges"] = time.perf_counter() - t
+    say("searching the edges needed per layer pair on the test rows")
     t = time.perf_counter()
-    search = EdgeAblationSearch(metric="accuracy", tolerance=tolerance, dtype=ablation_dtype,
-                                verbose=verbose)
-    graph = search.fit_transform(graph, X_eval=data.X_test, y_eval=data.y_test)
+    graph = search.fit_transform(graph, X_eval=preset.X_test, y_eval=preset.y_test)
     times["ablation"] = time.perf_counter() - t
+    say("Leiden communities")
     t = time.perf_counter()
-    leiden = LeidenModularity(resolution=resolution, random_state=random_state)
     graph = leiden.fit_transform(graph)
     times["modularity"] = time.perf_counter() - t
     times["build"] = times["basis"] + times["edges"]
@@ -133,21 +116,28 @@ def run_modadd_experiment(
     peak = _peak_rss_mb()
 
     # Fourier labels (appendix F) and monosemanticity (section 3.1.2) of the first features.
-    from sklearn_lib.tasks._fourier import feature_labels
+    from sklearn_lib.tasks._fourier import fourier_labels
 
-    labels, mono = feature_labels(graph, modulus, max_features=max(n_labelled, 16))
+    say("Fourier labels of the first features")
+    modulus = info["modulus"]
+    n_shown = 12  # features drawn per layer: 12 labelled nodes fit a 20-inch-wide figure
+    labels, mono = fourier_labels(graph, modulus, max_features=max(n_labelled, n_shown))
     if figure is not None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(16, 8))
-        graph.plot(ax=ax, max_features=16, feature_labels=labels,
-                   title=f"{basis.upper()} interaction graph, modular addition")
-        fig.tight_layout()
-        fig.savefig(figure, dpi=110)
-        plt.close(fig)
+        from sklearn_lib._plotting import plot_interaction_graph
+
+        # The function sizes the figure to the labels (readable type, no overlaps).
+        ax = plot_interaction_graph(
+            graph, max_features=n_shown, feature_labels=labels,
+            title=f"{basis.upper()} interaction graph, {preset.name}",
+        )
+        ax.figure.savefig(figure, dpi=110, bbox_inches="tight")
+        plt.close(ax.figure)
+    params = estimator.get_params()
 
     pairs = []
     for p, r in enumerate(graph.ablation):
@@ -166,17 +156,17 @@ def run_modadd_experiment(
             "n_probes": r.n_probes,
         })
     result = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": info["checkpoint"],
         "basis": basis,
         "modulus": modulus,
-        "frac_train": frac,
-        "split_seed": seed,
-        "n_train": int(len(data.X_train)),
-        "n_test": int(len(data.X_test)),
+        "frac_train": info["frac_train"],
+        "split_seed": info["split_seed"],
+        "n_train": int(len(preset.X_train)),
+        "n_test": int(len(preset.X_test)),
         "model_test_accuracy": model_test_accuracy,
         "tolerance": tolerance,
-        "rtol": rtol,
-        "atol": atol,
+        "rtol": params["rtol"],
+        "atol": params["atol"],
         "pairs": pairs,
         "modularity": graph.modularity,
         "n_communities": leiden.n_communities_,

@@ -1,0 +1,492 @@
+"""``TransformerAdapter``: the sequential transformer presented to the LIB estimators.
+
+The cuts, segments and architectures are in ``adapters/_transformer_sequential.py``; this module
+holds the adapter over them (node layers, activations, segments, closed forms, the metric's
+forward pass) and a first-batch fidelity check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sklearn_lib.adapters._transformer_sequential import ACTIVATIONS, _embed, _plan, _span
+from sklearn_lib.adapters._transformer_weights import TransformerWeights
+
+__all__ = ["TransformerAdapter"]
+
+
+def _check_first_batch(adapter: "TransformerAdapter", X: Any, reference: Tensor, *,
+                      rtol: float = 1e-5, atol: float = 1e-5) -> float:
+    """Compare the chain of the adapter's segments with the model's own logits on a batch.
+
+    Chains :meth:`TransformerAdapter.segment` over every node layer from the embedding cut,
+    in the dtype of ``reference`` (the model's own logits, shape ``(batch, pos, d_vocab_out)``),
+    and raises ``ValueError`` if they differ by more than ``atol + rtol * |reference|``.
+
+    Returns
+    -------
+    max_abs_error : float
+    """
+    if adapter.last_position_from is not None or adapter.node_layers[-1] != "logits":
+        raise ValueError(
+            "_check_first_batch needs an adapter whose last node layer is 'logits' at every "
+            "position (no last_position_from)."
+        )
+    reference = reference.detach()
+    kw = dict(dtype=reference.dtype, device=reference.device)
+    layers = adapter.node_layers
+    with torch.no_grad():
+        f = adapter.activations(X, layers[:1], **kw)[layers[0]]
+        for layer in layers[:-1]:
+            f = adapter.segment(layer, **kw)(f)
+    logits = f[..., 1:]
+    if logits.shape != reference.shape:
+        raise ValueError(
+            f"The adapter's logits have shape {tuple(logits.shape)}, the model's "
+            f"{tuple(reference.shape)}: the reader does not match the model."
+        )
+    err = (logits - reference).abs()
+    bad = err > atol + rtol * reference.abs()
+    if bool(bad.any()):
+        raise ValueError(
+            f"The adapter's segments do not reproduce the model's forward: max abs error "
+            f"{float(err.max()):.3g} (rtol={rtol}, atol={atol}). The reader misses a feature of "
+            "this architecture; please report it with the model's config."
+        )
+    return float(err.max())
+
+
+# -- the adapter -----------------------------------------------------------------------------
+class TransformerAdapter:
+    """Present a decoder-only transformer, given as plain weights, to the LIB estimators.
+
+    Node layers are cuts of the sequential transformer (paper appendix A.4); see the table in
+    ``adapters/_transformer_sequential.py`` and ``docs/transformers.md``. Activations have
+    shape ``(batch, pos, 1 + d)``: ``f[..., 0] = 1`` is the constant of bias folding, every
+    segment multiplies each bias by it, so ``segment(0) = 0``. At an ``ln*_out`` cut the last
+    coordinate is the norm's scale ``sqrt(var + eps f_0**2)``; :meth:`fixed_features` reports it,
+    so it stays out of the rotations.
+
+    Weights are cast once per ``(dtype, device)`` and cached; re-create the adapter after
+    changing the model's weights.
+
+    Parameters
+    ----------
+    weights : TransformerWeights
+        From a reader: :func:`read_hf_model` (``transformers``), :func:`read_hooked_transformer`
+        (transformer_lens 3.x), :func:`read_transformer_bridge` (transformer_lens 4.x),
+        :func:`read_tl_state_dict` (a TransformerLens-format state_dict and config).
+    node_layers : sequence of str, default=None
+        Cut names, input side first. Default: the ``ln*_out`` and ``*_in`` cuts of every
+        sublayer with a norm, the residual cut of every sublayer without one, and ``logits``
+        (so every layer-norm division is a segment of its own).
+    last_position_from : str, default=None
+        A cut name: that cut and every later one keep only the last position (shape
+        ``(batch, 1, ...)``). It must lie after the last attention layer.
+    metric : {"accuracy", "loss"}, default="accuracy"
+        The score the edge-ablation search uses unless told otherwise.
+    label_position : int or None, default=-1
+        The position whose logits :meth:`forward_from` returns, shape ``(batch, d_vocab_out)``;
+        ``None`` returns every position, shape ``(batch, pos, d_vocab_out)``.
+
+    Attributes
+    ----------
+    weights : TransformerWeights
+    node_layers : tuple of str
+    cuts : tuple of str
+        Every cut's canonical name, in forward order.
+    default_metric : str
+    d_model, d_vocab, d_vocab_out, n_ctx : int
+
+    See Also
+    --------
+    HookedTransformerAdapter : the same, built from a transformer_lens model or checkpoint.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from sklearn_lib.adapters import TransformerAdapter
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=12,
+    ...                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+    ...                   max_position_embeddings=16)
+    >>> model = LlamaForCausalLM(cfg).double().eval()
+    >>> adapter = TransformerAdapter.from_hf(model)
+    >>> adapter.node_layers
+    ('blocks.0.ln1_out', 'blocks.0.attn_in', 'blocks.0.ln2_out', 'blocks.0.mlp_in',
+     'ln_final_out', 'unembed_in', 'logits')
+    >>> adapter.fixed_features("blocks.0.ln1_out"), adapter.is_norm_division("blocks.0.ln1_out")
+    ((0, 9), True)
+    >>> X = torch.tensor([[1, 5, 2, 7]])
+    >>> f = adapter.activations(X, ["blocks.0.ln1_out"], dtype=torch.float64, device="cpu")
+    >>> logits = adapter.forward_from("blocks.0.ln1_out", dtype=torch.float64, device="cpu")(
+    ...     f["blocks.0.ln1_out"])
+    >>> bool(torch.allclose(logits, model(X).logits[:, -1], atol=1e-12))
+    True
+    """
+
+    def __init__(
+        self,
+        weights: TransformerWeights,
+        node_layers: Sequence[str] | None = None,
+        last_position_from: str | None = None,
+        metric: str = "accuracy",
+        label_position: int | None = -1,
+    ) -> None:
+        if not isinstance(weights, TransformerWeights):
+            raise TypeError(
+                f"TransformerAdapter needs TransformerWeights; got {type(weights).__name__}. "
+                "Use TransformerAdapter.from_hf(model) for a transformers model, or "
+                "HookedTransformerAdapter(model) for a transformer_lens one."
+            )
+        self._init(weights, node_layers, last_position_from, metric, label_position)
+
+    def _init(self, weights, node_layers, last_position_from, metric, label_position) -> None:
+        # Validation here, as MLPAdapter does: an adapter is a view of a model, not an
+        # estimator, and a wrong cut name should fail where it is written.
+        if metric not in ("accuracy", "loss"):
+            raise ValueError(f"metric must be 'accuracy' or 'loss'. Got {metric!r} instead.")
+        if label_position is not None and (
+            isinstance(label_position, bool) or not isinstance(label_position, (int, np.integer))
+        ):
+            raise ValueError(
+                f"label_position must be an int or None. Got {label_position!r} instead."
+            )
+        cuts, ops = _plan(weights)  # raises for unsupported blocks
+        for block in weights.blocks:
+            if block.mlp is not None and block.mlp.act_fn not in ACTIVATIONS:
+                raise ValueError(
+                    f"Unknown activation {block.mlp.act_fn!r}; supported: "
+                    f"{sorted(ACTIVATIONS)}."
+                )
+        self.weights = weights
+        self.default_metric = metric
+        self.label_position = None if label_position is None else int(label_position)
+        self.d_model = weights.d_model
+        self.d_vocab = weights.d_vocab
+        self.d_vocab_out = weights.d_vocab_out
+        self.n_ctx = weights.n_ctx
+        self._plan_cuts, self._ops = cuts, ops
+        self._cache: dict[tuple[torch.dtype, torch.device], TransformerWeights] = {}
+        self._cuts: dict[str, int] = {}
+        for k, cut in enumerate(cuts):
+            for name in (cut.name, *cut.aliases):
+                self._cuts[name] = k
+        self.cuts = tuple(c.name for c in cuts)
+        available = ", ".join(repr(n) for n in self._cuts)
+
+        if node_layers is None:
+            node_layers = self._default_node_layers()
+        node_layers = [str(n) for n in node_layers]
+        for name in node_layers:
+            if name not in self._cuts:
+                raise ValueError(f"Unknown node layer {name!r}. Available: {available}.")
+        idx = [self._cuts[n] for n in node_layers]
+        if len(node_layers) < 2 or any(b <= a for a, b in zip(idx, idx[1:])):
+            raise ValueError(
+                "node_layers must name at least two distinct cuts in forward order (note that "
+                "blocks.{i}.hook_resid_post and blocks.{i+1}.hook_resid_pre are the same cut); "
+                f"got {node_layers}."
+            )
+        self.node_layers = tuple(node_layers)
+
+        self._last_from: int | None = None
+        if last_position_from is not None:
+            if last_position_from not in self._cuts:
+                raise ValueError(
+                    f"Unknown last_position_from {last_position_from!r}. Available: {available}."
+                )
+            cut = self._cuts[last_position_from]
+            last_attn = max(k for k, op in enumerate(ops) if op.kind in ("attn", "parallel"))
+            if cut <= last_attn:
+                raise ValueError(
+                    f"last_position_from={last_position_from!r} drops positions that the "
+                    f"attention of block {ops[last_attn].block} still reads. Choose a cut "
+                    f"after the last attention layer, e.g. {cuts[last_attn + 1].name!r}."
+                )
+            if self.label_position not in (-1, None):
+                raise ValueError(
+                    f"label_position must be -1 (or None) when last_position_from is set, since "
+                    f"only the last position is kept. Got {label_position!r} instead."
+                )
+            self._last_from = cut
+        self.last_position_from = last_position_from
+
+    def _default_node_layers(self) -> list[str]:
+        names = []
+        for k, cut in enumerate(self._plan_cuts):
+            nxt = self._ops[k].kind if k < len(self._ops) else None
+            if cut.layout in ("scaled", "normed", "normed2", "final", "logits"):
+                names.append(cut.name)
+            elif nxt in ("attn", "mlp", "parallel", "unembed"):  # no norm after this cut
+                names.append(cut.name)
+        return names
+
+    # -- constructors ------------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, model: Any, **kwargs: Any) -> "TransformerAdapter":
+        """An adapter for a HuggingFace ``transformers`` causal LM.
+
+        Parameters
+        ----------
+        model : transformers.PreTrainedModel
+            ``GPT2LMHeadModel``, ``GPTNeoForCausalLM``, ``GPTNeoXForCausalLM``,
+            ``LlamaForCausalLM`` (SmolLM2), ``MistralForCausalLM`` or ``Qwen2ForCausalLM``.
+        **kwargs
+            Passed to :class:`TransformerAdapter`.
+        """
+        from sklearn_lib.adapters._read_hf import read_hf_model
+
+        adapter = cls(read_hf_model(model), **kwargs)
+        adapter.model = model
+        return adapter
+
+    @classmethod
+    def from_hooked_transformer(cls, model: Any, **kwargs: Any) -> "TransformerAdapter":
+        """An adapter for a transformer_lens 3.x ``HookedTransformer``."""
+        from sklearn_lib.adapters._read_hooked import read_hooked_transformer
+
+        adapter = cls(read_hooked_transformer(model), **kwargs)
+        adapter.model = model
+        return adapter
+
+    @classmethod
+    def from_bridge(cls, bridge: Any, **kwargs: Any) -> "TransformerAdapter":
+        """An adapter for a transformer_lens 4.x ``TransformerBridge`` (reads its HF model)."""
+        from sklearn_lib.adapters._read_bridge import read_transformer_bridge
+
+        adapter = cls(read_transformer_bridge(bridge), **kwargs)
+        adapter.model = bridge
+        return adapter
+
+    def __sklearn_clone__(self) -> "TransformerAdapter":
+        return self
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.last_position_from is not None:
+            extra += f", last_position_from={self.last_position_from!r}"
+        if self.label_position != -1:
+            extra += f", label_position={self.label_position!r}"
+        return (
+            f"{type(self).__name__}(n_layers={self.weights.n_layers}, d_model={self.d_model}, "
+            f"node_layers={list(self.node_layers)}{extra}, metric={self.default_metric!r})"
+        )
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _weights(self, dtype: torch.dtype, device: torch.device | str) -> TransformerWeights:
+        """The weights cast to ``(dtype, device)``, once (cached)."""
+        key = (dtype, torch.device(device))
+        w = self._cache.get(key)
+        if w is None:
+            w = self._cache[key] = self.weights.to(dtype, key[1])
+        return w
+
+    def _cut(self, layer: str) -> int:
+        if layer not in self.node_layers:
+            raise ValueError(
+                f"Unknown node layer {layer!r}. This adapter's node layers: "
+                f"{list(self.node_layers)}."
+            )
+        return self._cuts[layer]
+
+    def _next_cut(self, layer: str) -> int | None:
+        i = self.node_layers.index(layer)
+        if i == len(self.node_layers) - 1:
+            return None
+        return self._cuts[self.node_layers[i + 1]]
+
+    def _run(self, w: TransformerWeights, start: int, stop: int):
+        return _span(w, self._plan_cuts, self._ops, start, stop, self._last_from)
+
+    # -- the protocol ------------------------------------------------------------------------
+    def check_input(self, X: Any) -> np.ndarray | Tensor:
+        """Validate token sequences: an int array of shape (n_samples, n_positions).
+
+        Parameters
+        ----------
+        X : array-like or Tensor of shape (n_samples, n_positions)
+            Token ids in ``[0, d_vocab)``, ``n_positions <= n_ctx``.
+
+        Returns
+        -------
+        X : ndarray or Tensor
+            The input (numpy arrays as ``np.asarray``), unchanged otherwise.
+        """
+        if isinstance(X, Tensor):
+            X_arr: np.ndarray | Tensor = X.detach()
+            integer = not X_arr.is_floating_point() and not X_arr.is_complex() and (
+                X_arr.dtype != torch.bool
+            )
+        else:
+            X_arr = np.asarray(X)
+            integer = np.issubdtype(X_arr.dtype, np.integer)
+        if not integer:
+            raise ValueError(
+                f"Model inputs must be integer token ids; got dtype {X_arr.dtype}. Tokenize the "
+                "text first, or cast the array with .astype(np.int64) / .long()."
+            )
+        if X_arr.ndim != 2:
+            raise ValueError(
+                f"Model inputs must have shape (n_samples, n_positions); got shape "
+                f"{tuple(X_arr.shape)}. Use X[None, :] for a single sequence."
+            )
+        n, n_pos = X_arr.shape
+        if n == 0:
+            raise ValueError("Found 0 samples in the model inputs; at least 1 is required.")
+        if n_pos == 0 or n_pos > self.n_ctx:
+            raise ValueError(
+                f"Model inputs have {n_pos} positions; the model takes between 1 and "
+                f"n_ctx={self.n_ctx}. Truncate the sequences to at most {self.n_ctx} tokens."
+            )
+        low, high = int(X_arr.min()), int(X_arr.max())
+        if low < 0 or high >= self.d_vocab:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Model inputs contain token {bad}, outside the vocabulary [0, {self.d_vocab}). "
+                "Check the tokenizer matches the model."
+            )
+        if self.label_position is not None and not -n_pos <= self.label_position < n_pos:
+            raise ValueError(
+                f"label_position={self.label_position} is out of range for inputs with "
+                f"{n_pos} positions."
+            )
+        return X_arr
+
+    def activations(
+        self, X: Any, layers: Sequence[str], *, dtype: torch.dtype, device: torch.device | str
+    ) -> dict[str, Tensor]:
+        """Activations of the named node layers, constant first.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_positions)
+            Token ids.
+        layers : sequence of str
+            Node layers to return.
+        dtype, device
+            Of the returned tensors (the computation runs in them).
+
+        Returns
+        -------
+        activations : dict of str to Tensor of shape (n_samples, pos, 1 + d)
+            ``pos = 1`` from ``last_position_from`` on.
+        """
+        wanted = sorted({self._cut(name) for name in layers})
+        X = self.check_input(X)
+        w = self._weights(dtype, device)
+        tokens = torch.as_tensor(X, device=torch.device(device)).long()
+        with torch.no_grad():
+            f = _embed(w, tokens)
+            by_cut = {0: f}
+            cut = 0
+            for nxt in wanted:
+                if nxt != cut:
+                    f = self._run(w, cut, nxt)(f)
+                    cut = nxt
+                by_cut[cut] = f
+        return {name: by_cut[self._cuts[name]] for name in layers}
+
+    def segment(
+        self, layer: str, *, dtype: torch.dtype, device: torch.device | str
+    ) -> Callable[[Tensor], Tensor]:
+        """The map from node layer ``layer`` to the next node layer, as a pure torch function.
+
+        Shape ``(batch, pos_in, 1 + d) -> (batch, pos_out, 1 + d')``; every bias is multiplied
+        by ``f[..., :1]``, which is passed through, so ``F(0) = 0``.
+        """
+        start = self._cut(layer)
+        stop = self._next_cut(layer)
+        if stop is None:
+            raise ValueError(f"{layer!r} is the last node layer; it has no segment after it.")
+        return self._run(self._weights(dtype, device), start, stop)
+
+    def is_norm_division(self, layer: str) -> bool:
+        """Whether the segment after ``layer`` divides by a norm's scale ("ln out").
+
+        Such a segment is homogeneous of degree 0, so integrated gradients from the origin
+        are not complete on it (``IGEdgeScorer`` does not warn about it).
+        """
+        start = self._cut(layer)
+        stop = self._next_cut(layer)
+        if stop is None:
+            return False
+        return any(op.kind in ("ln_out", "ln_out2") for op in self._ops[start:stop])
+
+    def composite_segment(
+        self, layer: str, in_map: Tensor, out_map: Tensor, *, dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> Any:
+        """A closed-form :class:`~sklearn_lib._segments.CompositeSegment`, or ``None``.
+
+        ``G(z) = segment(z @ in_map.T) @ out_map.T`` from ``layer`` to the next node layer,
+        with its per-sample Jacobians and ablated forward passes in closed form (see
+        ``adapters/_transformer_closed_forms.py``). Covered: one sublayer between residual
+        cuts (attention without rotary or window, plain MLP, unembedding); anything else
+        returns ``None`` and the caller uses the generic ``torch.func`` composite.
+        """
+        from sklearn_lib.adapters._transformer_closed_forms import closed_form_segment
+
+        start = self._cut(layer)
+        stop = self._next_cut(layer)
+        if stop is None or stop != start + 1:
+            return None
+        if self._plan_cuts[start].layout != "resid" or self._plan_cuts[stop].layout not in (
+            "resid", "logits"
+        ):
+            return None
+        w = self._weights(dtype, device)
+        device = torch.device(device)
+        last = self._last_from is not None and stop >= self._last_from
+        return closed_form_segment(
+            w, self._ops[start], last, self._run(w, start, stop),
+            in_map.to(dtype=dtype, device=device), out_map.to(dtype=dtype, device=device),
+        )
+
+    def forward_from(
+        self, layer: str, *, dtype: torch.dtype, device: torch.device | str
+    ) -> Callable[[Tensor], Tensor]:
+        """The rest of the network: node layer ``layer`` to the logits the metric reads.
+
+        Returns a function of shape ``(batch, pos, 1 + d) -> (batch, d_vocab_out)`` (logits at
+        ``label_position``), or ``(batch, pos, d_vocab_out)`` when ``label_position=None``.
+        """
+        run = self._run(self._weights(dtype, device), self._cut(layer),
+                        len(self._plan_cuts) - 1)
+        position = self.label_position
+
+        def output(f: Tensor) -> Tensor:
+            logits = run(f)[..., 1:]
+            return logits if position is None else logits[..., position, :]
+
+        return output
+
+    def fixed_features(self, layer: str) -> tuple[int, ...]:
+        """``(0,)``, or ``(0, 1 + d_model)`` at an ``ln*_out`` cut (the norm's scale)."""
+        cut = self._cut(layer)
+        return (0, 1 + self.d_model) if self._plan_cuts[cut].layout == "scaled" else (0,)
+
+    def logits(self, X: Any, *, dtype: torch.dtype = torch.float64,
+               device: torch.device | str = "cpu") -> Tensor:
+        """The model's logits ``(n_samples, pos, d_vocab_out)`` by the sequential transformer.
+
+        Runs all cuts (no ``last_position_from`` slicing), for checks against the model.
+        """
+        X = self.check_input(X)
+        w = self._weights(dtype, device)
+        tokens = torch.as_tensor(X, device=torch.device(device)).long()
+        with torch.no_grad():
+            f = _span(w, self._plan_cuts, self._ops, 0, len(self._plan_cuts) - 1, None)(
+                _embed(w, tokens))
+        return f[..., 1:]
