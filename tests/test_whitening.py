@@ -36,14 +36,14 @@ def test_whitened_output_has_identity_covariance(seed, n, d, spread):
     X = _random_data(seed, n, d, spread)
     w = PCAWhitener().fit(X)
     Z = w.transform(X)
-    assert Z.shape == (n, w.n_components_)
+    assert Z.shape == (n, w.n_components_["X"])
     np.testing.assert_allclose(Z.mean(0), 0.0, atol=1e-8)
     cov = (Z - Z.mean(0)).T @ (Z - Z.mean(0)) / n  # normalised by n, as in DESIGN.md 5
-    np.testing.assert_allclose(cov, np.eye(w.n_components_), atol=1e-8)
+    np.testing.assert_allclose(cov, np.eye(w.n_components_["X"]), atol=1e-8)
     # Explained variances are sorted and match the covariance spectrum of the data.
     assert np.all(np.diff(w.explained_variance_) <= 0)
     spectrum = np.sort(np.linalg.eigvalsh(np.cov(X.T, bias=True).reshape(d, d)))[::-1]
-    np.testing.assert_allclose(w.explained_variance_, spectrum[: w.n_components_], rtol=1e-8,
+    np.testing.assert_allclose(w.explained_variance_, spectrum[: w.n_components_["X"]], rtol=1e-8,
                                atol=1e-12 * spectrum[0])
 
 
@@ -54,7 +54,7 @@ def test_matches_sklearn_pca_up_to_sign(seed, n, d):
     w = PCAWhitener().fit(X)
     # sklearn's PCA normalises the variance by n - 1; PCAWhitener by n (DESIGN.md 5).
     pca = PCA(whiten=True, svd_solver="full").fit(X)
-    assert w.n_components_ == d
+    assert w.n_components_["X"] == d
     np.testing.assert_allclose(w.mean_, pca.mean_, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(w.explained_variance_ * n / (n - 1), pca.explained_variance_,
                                rtol=1e-8)
@@ -81,7 +81,7 @@ def test_subspace_gives_exactly_k_components(k, noise):
     X = rng.normal(size=(n, k)) @ rng.normal(size=(k, d)) + 5.0
     X = X + noise * rng.normal(size=X.shape)
     w = PCAWhitener().fit(X)
-    assert w.n_components_ == k
+    assert w.n_components_["X"] == k
     assert w.components_.shape == (k, d)
     Z = w.transform(X)
     np.testing.assert_allclose(Z.T @ Z / n, np.eye(k), atol=1e-6)
@@ -137,7 +137,7 @@ def test_inverse_transform_round_trip_on_kept_subspace(whiten):
     basis = rng.normal(size=(2, 5))
     X = rng.normal(size=(120, 2)) @ basis + 3.0
     w = PCAWhitener(whiten=whiten).fit(X)
-    assert w.n_components_ == 2
+    assert w.n_components_["X"] == 2
     np.testing.assert_allclose(w.inverse_transform(w.transform(X)), X, atol=1e-10)
     # Off the subspace, inverse_transform(transform(.)) is the orthogonal projection onto it.
     Y = rng.normal(size=(10, 5))
