@@ -216,3 +216,88 @@ def test_moment_accumulators_merge_like_one_pass():
     torch.testing.assert_close(a.mean, rows.mean(0))
     torch.testing.assert_close(a.covariance(), torch.cov(rows.T, correction=0))
     torch.testing.assert_close(a.covariance(), whole.covariance())
+
+
+# -- input classes --------------------------------------------------------------------------------
+def test_sparse_input_is_rejected_with_the_fix():
+    sp = pytest.importorskip("scipy.sparse")
+    X = _random_data(0, 30, 4, 1.0)
+    with pytest.raises(TypeError, match=r"PCAWhitener does not accept sparse matrices \(got "
+                                        r"csr_matrix\); .*X\.toarray\(\)"):
+        PCAWhitener().fit(sp.csr_matrix(X))
+    w = PCAWhitener().fit(X)
+    with pytest.raises(TypeError, match=r"does not accept sparse matrices.*toarray"):
+        w.transform(sp.csr_array(X))
+
+
+def test_complex_input_is_rejected():
+    X = _random_data(0, 30, 4, 1.0)
+    with pytest.raises(ValueError, match=r"Complex data not supported by PCAWhitener \(got dtype "
+                                         r"complex128\); pass the real part"):
+        PCAWhitener().fit(X + 1j)
+    with pytest.raises(ValueError, match="Complex data not supported by PCAWhitener"):
+        PCAWhitener().fit(X).transform(X.astype(np.complex64))
+
+
+def test_negative_strides_and_read_only_arrays_are_copied():
+    X = _random_data(4, 60, 5, 1.0)
+    flipped = X[::-1, ::-1]
+    assert any(s < 0 for s in flipped.strides)
+    frozen = X.copy()
+    frozen.flags.writeable = False
+    ref = PCAWhitener().fit(np.ascontiguousarray(flipped))
+    got = PCAWhitener().fit(flipped)
+    np.testing.assert_array_equal(got.components_, ref.components_)
+    np.testing.assert_array_equal(got.transform(flipped), ref.transform(flipped))
+    w = PCAWhitener().fit(frozen)
+    np.testing.assert_array_equal(w.transform(frozen), PCAWhitener().fit(X).transform(X))
+    assert not frozen.flags.writeable  # the caller's array is untouched
+
+
+def test_feature_names_and_pandas_output():
+    X = _random_data(1, 50, 4, 1.0)
+    w = PCAWhitener().fit(X)
+    names = w.get_feature_names_out()
+    assert names.tolist() == [f"pcawhitener{i}" for i in range(w.n_components_["X"])]
+    pd = pytest.importorskip("pandas")
+    out = PCAWhitener().set_output(transform="pandas").fit(X).transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert out.columns.tolist() == names.tolist()
+    np.testing.assert_allclose(out.to_numpy(), w.transform(X))
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    w2 = PCAWhitener().fit(frame)
+    assert w2.feature_names_in_.tolist() == list("abcd")
+    with pytest.raises(ValueError, match="input_features is not equal to feature_names_in_"):
+        w2.get_feature_names_out(["a", "b", "c", "x"])
+
+
+def test_n_components_is_a_dict_in_both_modes():
+    import torch
+    from torch import nn
+
+    from sklearn_lib.adapters import MLPAdapter
+
+    X = _random_data(2, 60, 4, 1.0)
+    assert PCAWhitener().fit(X).n_components_ == {"X": 4}
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    torch.manual_seed(0)
+    w = PCAWhitener(MLPAdapter(mlp)).fit(X)
+    assert isinstance(w.n_components_, dict) and set(w.n_components_) == {"input", "1", "2"}
+    assert w.n_components_ == {b.name: b.n_components for b in w.bases_}
+    with pytest.raises(AttributeError, match="get_feature_names_out is defined for plain arrays"):
+        w.get_feature_names_out()
+
+
+@pytest.mark.parametrize("device, match", [
+    ("gpu0", r"The 'device' parameter of PCAWhitener must be a torch.device or a device string "
+             r"such as 'cpu', 'cuda' or 'cuda:0'. Got 'gpu0' instead."),
+    (3.5, r"The 'device' parameter of PCAWhitener must be .* Got 3.5 instead."),
+    (None, r"The 'device' parameter of PCAWhitener must be .* Got None instead."),
+])
+def test_device_is_validated_at_fit(device, match):
+    X = _random_data(0, 30, 3, 1.0)
+    w = PCAWhitener(device=device)  # __init__ stores only
+    with pytest.raises(ValueError, match=match):
+        w.fit(X)
+    with pytest.raises(ValueError, match=match):
+        PCAWhitener(device=device).partial_fit(X)
