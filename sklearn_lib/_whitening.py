@@ -14,6 +14,7 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
@@ -394,6 +395,12 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
             )
         check_is_fitted(self, "components_")
         X, shape = self._validate_array(X, reset=False)
+        if shape is not None and _get_output_config("transform", self)["dense"] != "default":
+            raise ValueError(
+                f"set_output(transform={_get_output_config('transform', self)['dense']!r}) needs "
+                f"2-D output, but X has positions (shape {shape}). Reshape X to (n_samples * "
+                "n_positions, n_features) first, or use set_output(transform='default')."
+            )
         out = (X - self.mean_.astype(X.dtype)) @ self.components_.T.astype(X.dtype)
         if self._whitens():
             out = out / np.sqrt(self.explained_variance_).astype(X.dtype)

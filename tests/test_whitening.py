@@ -264,6 +264,10 @@ def test_feature_names_and_pandas_output():
     assert isinstance(out, pd.DataFrame)
     assert out.columns.tolist() == names.tolist()
     np.testing.assert_allclose(out.to_numpy(), w.transform(X))
+    X3 = X.reshape(10, 5, 4)
+    with pytest.raises(ValueError, match=r"set_output\(transform='pandas'\) needs 2-D output, "
+                                         r"but X has positions \(shape \(10, 5, 4\)\)"):
+        PCAWhitener().set_output(transform="pandas").fit(X3).transform(X3)
     frame = pd.DataFrame(X, columns=list("abcd"))
     w2 = PCAWhitener().fit(frame)
     assert w2.feature_names_in_.tolist() == list("abcd")
