@@ -15,6 +15,8 @@ MODULES = [
     "sklearn_lib.adapters._transformer_lens",
     "sklearn_lib.tasks._modular_addition",
     "sklearn_lib.tasks._fourier",
+    "sklearn_lib.tasks._text",
+    "sklearn_lib.tasks._lm_models",
 ]
 
 
