@@ -242,16 +242,14 @@ def make_token_windows(
             raise ValueError(
                 f"{name} must be an int in the range [{low}, inf). Got {value!r} instead."
             )
-    eos = _default_eos(tokenizer) if isinstance(eos_token_id, str) else eos_token_id
     if isinstance(eos_token_id, str) and eos_token_id != "auto":
         raise ValueError(
             f"eos_token_id must be an int, 'auto' or None. Got {eos_token_id!r} instead."
         )
+    eos = _default_eos(tokenizer) if eos_token_id == "auto" else eos_token_id
     tail = [] if eos is None else [int(eos)]
     ids = _encoder(tokenizer)(list(documents))
-    stream = np.fromiter(
-        (t for doc in ids for t in (*doc, *tail)), dtype=np.int64
-    )
+    stream = np.fromiter((t for doc in ids for t in (*doc, *tail)), dtype=np.int64)
     n_available = stream.size // n_positions
     if n_sequences is not None and n_sequences > n_available:
         raise ValueError(
