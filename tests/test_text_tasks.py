@@ -185,9 +185,11 @@ def test_real_fortunes_give_windows_of_english_text():
     assert w.X_train.shape == (64, 64) and w.X_test.shape == (16, 64)
     assert len(w.documents_train) > 10_000 and len(w.documents_test) > 1_000
     assert set(w.documents_train).isdisjoint(w.documents_test)  # repeats are read once
-    text = tokenizer.decode(w.X_test[0])
-    first = text.split("<|endoftext|>")[1]  # a whole test document follows the first EOT
-    assert first.strip() in w.documents_test
+    stream = w.X_test.ravel()
+    ends = np.flatnonzero(stream == tokenizer.eos_token_id)
+    assert len(ends) >= 3
+    for a, b in zip(ends[:-1], ends[1:]):  # every whole document between two end-of-text ids
+        assert tokenizer.decode(stream[a + 1 : b]) in w.documents_test
 
 
 # --- the shipped small language model ---------------------------------------------------
