@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -282,3 +283,34 @@ def test_smollm2_loads_offline_and_models_english():
             logits.reshape(-1, logits.shape[-1]), X[:, 1:].reshape(-1)
         ).item()
         assert loss < 6.0  # measured 5.1 nats on 32 windows; uniform is log(49152) = 10.8
+
+
+def test_training_script_writes_a_loadable_model(tmp_path):
+    """``scripts/train_tiny_lm.py`` end to end on a tiny corpus and a one-block model."""
+    spec = importlib.util.spec_from_file_location(
+        "train_tiny_lm", Path(__file__).resolve().parents[1] / "scripts" / "train_tiny_lm.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    words = "the cat sat on a mat while dogs ran far away from home".split()
+    rng = np.random.default_rng(0)
+    docs = [" ".join(rng.choice(words, size=12)) + "." for _ in range(60)]
+    write_fortunes(tmp_path / "text", {"sentences": docs})
+    out = tmp_path / "model"
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        results = script.main(
+            ["--out", str(out), "--fortunes", str(tmp_path / "text"), "--vocab-size", "300",
+             "--n-positions", "16", "--n-layer", "1", "--d-model", "16", "--n-head", "2",
+             "--batch-size", "4", "--max-steps", "6", "--warmup-steps", "2",
+             "--eval-every", "3", "--eval-windows", "4"]
+        )  # fmt: skip
+    finally:  # the script switches deterministic algorithms on for the whole process
+        torch.use_deterministic_algorithms(deterministic)
+    assert results["steps"] == 6 and results["stop_reason"] == "max_steps"
+    assert results["heldout_loss_per_token"] < results["initial_heldout_loss_per_token"]
+    log = (out / "training_log.tsv").read_text().splitlines()
+    assert sum(line.startswith("train\t") for line in log) == 6
+    model, tokenizer = load_tiny_lm(out)
+    assert model.config.n_layer == 1 and len(tokenizer) == model.config.vocab_size
+    assert load_fortunes(out, files=["heldout_sample.txt"])[0] in docs
