@@ -23,7 +23,7 @@ from sklearn_lib.tasks import (
     split_documents,
     tiny_lm_results,
 )
-from sklearn_lib.tasks import _lm_models
+from sklearn_lib.tasks import _lm_models, _text
 from sklearn_lib.tasks._lm_models import SMOLLM2_GGUF, smollm2_gguf_path, tiny_lm_dir
 from sklearn_lib.tasks._text import FORTUNES_DIR
 
@@ -126,12 +126,24 @@ def test_windows_are_the_token_stream_cut_in_order():
 @given(
     docs=st.lists(st.text(alphabet="abcxyz .", max_size=30), min_size=1, max_size=12),
     n_positions=st.integers(2, 9),
+    chunk=st.integers(1, 5),
+    data=st.data(),
 )
-def test_windows_partition_the_stream(docs, n_positions):
-    X = make_token_windows(docs, by_chars, n_positions, eos_token_id=1)
+def test_windows_partition_the_stream(docs, n_positions, chunk, data):
     stream = [t for d in docs for t in (*by_chars(d), 1)]
-    assert X.shape == (len(stream) // n_positions, n_positions)
-    assert X.ravel().tolist() == stream[: X.size]
+    n_full = len(stream) // n_positions
+    saved = _text._CHUNK_DOCUMENTS
+    _text._CHUNK_DOCUMENTS = chunk  # documents are tokenized in chunks of this many
+    try:
+        X = make_token_windows(docs, by_chars, n_positions, eos_token_id=1)
+        assert X.shape == (n_full, n_positions)
+        assert X.ravel().tolist() == stream[: X.size]
+        if n_full:
+            n = data.draw(st.integers(1, n_full))
+            X_n = make_token_windows(docs, by_chars, n_positions, n_sequences=n, eos_token_id=1)
+            np.testing.assert_array_equal(X_n, X[:n])
+    finally:
+        _text._CHUNK_DOCUMENTS = saved
 
 
 def test_windows_refuse_more_sequences_than_the_text_gives():

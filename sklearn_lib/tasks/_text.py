@@ -36,6 +36,8 @@ __all__ = [
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 #: The command that installs the text (Debian and Ubuntu).
 FORTUNES_INSTALL = "apt-get install fortunes"
+# Documents tokenized per call of the tokenizer (the stream stops once enough windows exist).
+_CHUNK_DOCUMENTS = 256
 # Pictures drawn with characters, not English text.
 _EXCLUDED_FILES = frozenset({"ascii-art"})
 
@@ -248,8 +250,18 @@ def make_token_windows(
         )
     eos = _default_eos(tokenizer) if eos_token_id == "auto" else eos_token_id
     tail = [] if eos is None else [int(eos)]
-    ids = _encoder(tokenizer)(list(documents))
-    stream = np.fromiter((t for doc in ids for t in (*doc, *tail)), dtype=np.int64)
+    encode = _encoder(tokenizer)
+    documents = list(documents)
+    needed = None if n_sequences is None else n_sequences * n_positions
+    pieces, n_tokens = [], 0
+    # Tokenize in chunks of documents and stop once the windows asked for are filled.
+    for start in range(0, len(documents), _CHUNK_DOCUMENTS):
+        ids = encode(documents[start : start + _CHUNK_DOCUMENTS])
+        pieces.append(np.fromiter((t for doc in ids for t in (*doc, *tail)), dtype=np.int64))
+        n_tokens += pieces[-1].size
+        if needed is not None and n_tokens >= needed:
+            break
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     n_available = stream.size // n_positions
     if n_sequences is not None and n_sequences > n_available:
         raise ValueError(
