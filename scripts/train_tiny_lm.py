@@ -18,8 +18,8 @@ Run from the repository root (single-threaded, seeded, deterministic on one mach
 shipped model was made with::
 
     python3 scripts/train_tiny_lm.py --out sklearn_lib/data/tinylm --batch-size 16 \
-        --max-steps 800 --warmup-steps 50 --eval-every 50 --eval-windows 64 --patience 6 \
-        --max-minutes 42
+        --max-steps 1700 --warmup-steps 50 --eval-every 50 --eval-windows 64 --patience 6 \
+        --max-minutes 44
 """
 
 from __future__ import annotations
