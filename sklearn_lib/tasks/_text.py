@@ -1,7 +1,7 @@
 """Real English text for language-model experiments, cut into token windows.
 
-The text is Debian's ``fortunes`` collection (``apt-get install fortunes``: about 2.7 MB of
-quotations, jokes, definitions and short poems in 48 files under ``/usr/share/games/fortunes``;
+The text is Debian's ``fortunes`` collection (``apt-get install fortunes``: about 2.6 MB of
+quotations, jokes, definitions and short poems in 43 files under ``/usr/share/games/fortunes``;
 ``fortunes-min`` alone ships three of them). Each fortune (the text between two ``%`` lines) is
 one *document*. The train / test split is drawn over documents with a seeded permutation, so no
 fortune contributes tokens to both sides. Within a split the documents are tokenized one by
