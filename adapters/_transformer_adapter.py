@@ -72,7 +72,9 @@ class TransformerAdapter:
     architecture, a model in training mode, a forward hook). The tolerance is ``sqrt(eps)`` of
     the computation dtype relative to the largest logit (1.5e-8 in float64), except for models
     that compute a step in float32 whatever their dtype (``transformers``' RMSNorm in
-    Llama-family models, and a ``TransformerBridge`` around one): their own float64 forward is
+    Llama-family models, a ``TransformerBridge`` around one, and a float32 transformer_lens
+    ``HookedTransformer``, which casts its attention pattern to ``cfg.dtype``; see
+    :meth:`reference_rtol`): their own float64 forward is
     only float32-accurate (measured, relative to the largest logit: 8e-8 for a 2-block random
     Llama, 1.6e-7 for a 6-block one, 3.9e-7 for SmolLM2-135M), so they are compared at
     ``1e-5``, about 100 float32 round-offs, still below what a reader error changes (the
@@ -386,13 +388,31 @@ class TransformerAdapter:
     def reference_rtol(self, dtype: torch.dtype) -> float:
         """The relative tolerance of the first-batch check in ``dtype``.
 
-        ``sqrt(eps)`` of ``dtype`` (1.5e-8 in float64, 3.5e-4 in float32); at least ``1e-5``
-        (about 100 float32 round-offs) for a model that computes a step in float32 whatever
-        its dtype (``transformers``' RMSNorm), whose own forward is no more accurate.
+        ``sqrt(eps)`` of ``dtype`` (1.5e-8 in float64, 3.5e-4 in float32), unless the model's
+        own forward rounds a step to a less precise dtype whatever dtype it runs in:
+        ``transformers``' RMSNorm computes in float32, a transformer_lens
+        ``HookedTransformer`` casts its attention pattern to ``cfg.dtype``. Such a forward is
+        no more accurate than that step: at least ``1e-5`` (about 100 float32 round-offs) for
+        float32 steps, ``sqrt(eps)`` of the step's dtype for half precision.
         """
-        if self.model is not None and _rounds_through_float32(self.model):
-            return max(default_rtol(dtype), FLOAT32_STEP_RTOL)
-        return default_rtol(dtype)
+        base = default_rtol(dtype)
+        step = self._step_dtype()
+        if step is None or torch.finfo(step).eps <= torch.finfo(dtype).eps:
+            return base
+        return max(base, FLOAT32_STEP_RTOL if step == torch.float32 else default_rtol(step))
+
+    def _step_dtype(self) -> torch.dtype | None:
+        """The least precise dtype the model's own forward rounds to, whatever it runs in."""
+        if self.model is None or self._source is None:
+            return None
+        steps = []
+        if self._source == "hooked":
+            cfg_dtype = getattr(getattr(self.model, "cfg", None), "dtype", None)
+            if isinstance(cfg_dtype, torch.dtype) and cfg_dtype.is_floating_point:
+                steps.append(cfg_dtype)
+        if _rounds_through_float32(self.model):
+            steps.append(torch.float32)
+        return max(steps, key=lambda d: torch.finfo(d).eps) if steps else None
 
     def _verify(self, X: Any, dtype: torch.dtype, device: torch.device | str) -> None:
         """The chained segments and ``forward_from`` must reproduce the model's own forward."""

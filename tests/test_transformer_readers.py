@@ -286,6 +286,20 @@ def test_llama_first_batch_check_uses_the_float32_tolerance_of_its_norms():
             X, ["logits"], **F64)
 
 
+def test_hooked_transformer_first_batch_check_uses_its_cfg_dtype():
+    """A float32 HookedTransformer casts its attention pattern to cfg.dtype even when run in
+    float64 (about 1e-7 relative): checked at 1e-5; a float64 one at sqrt(eps)."""
+    X = tokens()
+    model32 = tl_model(dtype=torch.float32)
+    adapter = HookedTransformerAdapter(model32)
+    assert adapter.reference_rtol(torch.float64) == 1e-5
+    with pytest.raises(ValueError, match="differ from the model's own forward"):
+        verify_forward(adapter, X)  # float64's own tolerance is below the model's rounding
+    adapter.activations(X, adapter.node_layers[:1], **F64)  # the first-batch check passes
+    assert HookedTransformerAdapter(tl_model()).reference_rtol(torch.float64) == \
+        pytest.approx(1.49e-8, rel=1e-2)
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(label_position=None), dict(label_position=2),
                                 dict(last_position_from="ln_final_out"),
                                 dict(last_position_from="ln_final_out", label_position=None)])
