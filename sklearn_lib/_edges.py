@@ -282,14 +282,16 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         Returns
         -------
         graph : InteractionGraph
-            A new graph with ``edges`` set.
+            A new graph with ``edges`` and ``completeness_errors`` (this scorer's
+            ``completeness_errors_``) set.
         """
         check_is_fitted(self, "edges_")
         graph = check_graph(X, type(self).__name__)
         check_same_graph([b.C for b in graph.bases], [b.C for b in self._bases], what="bases",
                          owner=type(self).__name__,
                          hint="refit the scorer on this graph (edges belong to one basis).")
-        return graph.replace(edges=self.edges_)
+        return graph.replace(edges=self.edges_,
+                             completeness_errors=tuple(self.completeness_errors_.tolist()))
 
     def fit_transform(self, X, y=None):
         return self.fit(X, y).transform(X)

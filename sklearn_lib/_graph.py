@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
 from sklearn_lib._common import resolve_device, resolve_dtype
 from sklearn_lib._linalg import LayerBasis
@@ -21,7 +25,8 @@ from sklearn_lib._linalg import LayerBasis
 __all__ = ["AblationResult", "InteractionGraph", "LayerFeatures"]
 
 _FORMAT = "sklearn-lib-interaction-graph"
-_VERSION = 2  # 2: metadata as UTF-8 JSON bytes in a uint8 array; ablation search fields
+_VERSION = 3  # 2: metadata as UTF-8 JSON bytes in a uint8 array; ablation search fields
+# 3: completeness_errors (files of versions 1 and 2 load with None)
 _BASES = ("lib", "gib", "pca")
 
 
@@ -137,9 +142,9 @@ def _same_items(a: tuple, b: tuple) -> bool:
 
 # What each field is derived from: replacing a field drops everything computed after it.
 _DERIVED = {
-    "layers": ("edges", "ablation", "communities", "modularity"),
-    "bases": ("edges", "ablation", "communities", "modularity"),
-    "edges": ("ablation", "communities", "modularity"),
+    "layers": ("edges", "completeness_errors", "ablation", "communities", "modularity"),
+    "bases": ("edges", "completeness_errors", "ablation", "communities", "modularity"),
+    "edges": ("completeness_errors", "ablation", "communities", "modularity"),
     "ablation": ("communities", "modularity"),
 }
 
@@ -173,6 +178,11 @@ class InteractionGraph:
         Community of every feature of every layer (``-1`` for the constant feature).
     modularity : float or None
         Modularity ``Q`` of the partition.
+    completeness_errors : tuple of float or None
+        One per layer pair, set with the edges by :class:`~sklearn_lib.IGEdgeScorer`: the
+        relative RMS by which the integrated-gradient attributions miss the next layer's
+        features (its ``completeness_errors_``). ``None`` when the edges came from elsewhere;
+        replacing the edges drops it.
 
     Examples
     --------
@@ -198,10 +208,28 @@ class InteractionGraph:
     ablation: tuple | None = None
     communities: tuple | None = None
     modularity: float | None = None
+    completeness_errors: tuple | None = None
 
     def __post_init__(self) -> None:
         if len(self.layers) != len(self.bases):
             raise ValueError(f"{len(self.layers)} layers but {len(self.bases)} bases.")
+        if self.completeness_errors is not None:
+            errors = tuple(self.completeness_errors)
+            n_pairs = len(self.layers) - 1
+            if self.edges is None:
+                raise ValueError(
+                    "completeness_errors describe the edges; a graph without edges cannot have "
+                    "them. Set edges in the same call, or leave completeness_errors=None."
+                )
+            if len(errors) != n_pairs or not all(
+                isinstance(e, numbers.Real) and not isinstance(e, (bool, np.bool_))
+                and math.isfinite(e) and e >= 0 for e in errors
+            ):
+                raise ValueError(
+                    f"completeness_errors must hold {n_pairs} finite numbers >= 0, one per "
+                    f"layer pair; got {self.completeness_errors!r}."
+                )
+            object.__setattr__(self, "completeness_errors", tuple(float(e) for e in errors))
         normalised = {
             "layers": tuple(self.layers),
             "bases": tuple(_read_only_basis(b) for b in self.bases),
@@ -438,6 +466,8 @@ class InteractionGraph:
             "ablation": None if self.ablation is None else [r.to_dict() for r in self.ablation],
             "has_communities": self.communities is not None,
             "modularity": None if self.modularity is None else float(self.modularity),
+            "completeness_errors": (None if self.completeness_errors is None
+                                    else list(self.completeness_errors)),
         }
         arrays: dict[str, np.ndarray] = {}
         for k, b in enumerate(self.bases):
@@ -694,6 +724,15 @@ def _parse(cls, path: Path, data, adapter: Any) -> InteractionGraph:
                         "null or a finite number")
     meta_ablation = _field(meta, "ablation", lambda v: v is None or isinstance(v, list),
                            "null or a list")
+    completeness = None
+    if meta["version"] >= 3:  # older files did not record it
+        completeness = _field(
+            meta, "completeness_errors",
+            lambda v: v is None or (isinstance(v, list) and len(v) == n_layers - 1 and all(
+                _is_real(e) and math.isfinite(e) and e >= 0 for e in v)),
+            f"null or a list of {n_layers - 1} finite numbers >= 0")
+        if completeness is not None and not has_edges:
+            raise _BadFile("it has completeness errors but no edges.")
     bases = []
     for k, name in enumerate(layers):
         C = _array(data, f"C_{k}", "f", 2)
@@ -736,7 +775,8 @@ def _parse(cls, path: Path, data, adapter: Any) -> InteractionGraph:
     pairs = list(zip(layers[:-1], layers[1:]))
     ablation = None if meta_ablation is None else _parse_ablation(meta_ablation, pairs, edges)
     return cls(tuple(layers), tuple(bases), basis, adapter, None, edges, ablation, communities,
-               None if modularity is None else float(modularity))
+               None if modularity is None else float(modularity),
+               None if completeness is None else tuple(float(e) for e in completeness))
 
 
 def check_graph(graph: Any, step: str) -> InteractionGraph:
@@ -760,11 +800,21 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
     layer : str
         The node layer.
     position : int or None, default=None
-        For layers with several positions: keep one position (``-1``: the last). ``None``
-        flattens positions into features.
+        For layers with several positions: keep one position (``-1``: the last), an int in
+        ``[-n_positions, n_positions)``. ``None`` flattens positions into features
+        (position-major: all features of position 0, then of position 1, ...).
     include_constant : bool, default=False
-        Keep the constant feature 0.
+        Keep the constant feature 0 (of every kept position).
     batch_size : int, default=1024
+        Model inputs per forward pass.
+
+    Attributes
+    ----------
+    n_positions_ : int
+        Positions of ``layer`` (1 for MLPs).
+    n_features_out_ : int
+        Width of ``transform``'s output: the layer's basis features (less the constant unless
+        ``include_constant``), times ``n_positions_`` when ``position=None``.
 
     Examples
     --------
@@ -775,9 +825,17 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
     >>> X = np.random.default_rng(0).normal(size=(200, 4))
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
     >>> graph = LocalInteractionBasis(MLPAdapter(mlp)).fit_transform(X)
-    >>> LayerFeatures("1").fit_transform(graph).shape[0]
-    200
+    >>> probe = LayerFeatures("1").fit(graph)
+    >>> probe.transform(graph).shape == (200, probe.n_features_out_)
+    True
     """
+
+    _parameter_constraints: dict = {
+        "layer": [str],
+        "position": [Interval(Integral, None, None, closed="neither"), None],
+        "include_constant": ["boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+    }
 
     def __init__(self, layer, *, position=None, include_constant=False, batch_size=1024):
         self.layer = layer
@@ -785,19 +843,76 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         self.include_constant = include_constant
         self.batch_size = batch_size
 
+    def _n_positions(self, graph: InteractionGraph) -> int:
+        """Positions of ``layer``, from one forward pass on the graph's first input."""
+        graph.require("adapter", type(self).__name__, "attach the model adapter with "
+                      "graph.replace(adapter=...).")
+        graph.require("X", type(self).__name__, "use a graph returned by transform (it holds "
+                      "the model inputs).")
+        acts = graph.adapter.activations(graph.X[:1], [self.layer], dtype=torch.float64,
+                                         device=torch.device("cpu"))[self.layer]
+        return int(acts.shape[1])
+
     def fit(self, X, y=None):
-        """Check the layer exists; nothing is learned."""
+        """Check the parameters against the graph; nothing is learned.
+
+        Parameters
+        ----------
+        X : InteractionGraph
+            A graph holding its adapter and model inputs.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : LayerFeatures
+        """
         graph = check_graph(X, type(self).__name__)
-        graph.basis_of(self.layer)
-        self.n_features_out_ = graph.basis_of(self.layer).n_features - (not self.include_constant)
+        self._validate_params()
+        if isinstance(self.position, (bool, np.bool_)):
+            raise ValueError(
+                "The 'position' parameter of LayerFeatures must be an int or None. Got "
+                f"{self.position!r} instead."
+            )
+        basis = graph.basis_of(self.layer)
+        n_positions = self._n_positions(graph)
+        if self.position is not None and not -n_positions <= self.position < n_positions:
+            raise ValueError(
+                f"position={self.position} is out of range for layer {self.layer!r}, which has "
+                f"{n_positions} position(s); use an int in [{-n_positions}, {n_positions - 1}] "
+                "or position=None to keep them all."
+            )
+        per_position = basis.n_features - (not self.include_constant)
+        self.n_positions_ = n_positions
+        self.n_features_out_ = per_position * (n_positions if self.position is None else 1)
         return self
 
     def transform(self, X):
-        """Features of ``layer`` for the graph's inputs, ``ndarray (n_samples, n_out)``."""
+        """Features of ``layer`` for the graph's inputs.
+
+        Parameters
+        ----------
+        X : InteractionGraph
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out_)
+        """
         graph = check_graph(X, type(self).__name__)
+        check_is_fitted(self, "n_features_out_")
         F = graph.features(self.layer, batch_size=self.batch_size)
         if not self.include_constant:
             F = F[..., 1:]
-        if self.position is not None:
-            return F[:, self.position, :]
-        return F.reshape(F.shape[0], -1)
+        if F.shape[1] != self.n_positions_:
+            raise ValueError(
+                f"Layer {self.layer!r} has {F.shape[1]} positions in this graph but "
+                f"{self.n_positions_} when LayerFeatures was fitted; refit on this graph."
+            )
+        out = F[:, self.position, :] if self.position is not None else F.reshape(F.shape[0], -1)
+        if out.shape[1] != self.n_features_out_:
+            raise ValueError(
+                f"Layer {self.layer!r} has {out.shape[1]} features in this graph but "
+                f"LayerFeatures was fitted on a graph with {self.n_features_out_}; refit on "
+                "this graph."
+            )
+        return out

@@ -102,7 +102,9 @@ def check_data(adapter: Any, X: Any, owner: str = "This estimator") -> Any:
     """
     Dataset, DataLoader = _torch_data()
     if not is_streamed(X):
-        return adapter.check_input(X)
+        from sklearn_lib._common import check_array_input
+
+        return adapter.check_input(check_array_input(X, owner))
     if isinstance(X, DataLoader):
         from torch.utils.data import SequentialSampler
 
