@@ -241,3 +241,36 @@ def test_check_same_graph():
         check_same_graph(a, [np.eye(2), np.zeros(3)], what="edges", owner="Step")
     with pytest.raises(ValueError, match="bases differ from the ones Step was fitted on; go"):
         check_same_graph(a, None, what="bases", owner="Step", hint="go")
+
+
+def test_pipeline_on_streamed_data_equals_arrays(problem, tmp_path):
+    """LIB, PCA, edges and the ablation search on a memmap, Dataset or DataLoader: the same
+    graph as on the array, and the graph keeps the data object itself."""
+    from sklearn_lib import PCAWhitener
+
+    adapter, X, y = problem
+    X_eval, y_eval = X[:90], y[:90]
+
+    def run(data, data_eval, basis):
+        graph = basis.fit_transform(data)
+        graph = IGEdgeScorer(batch_size=40).fit_transform(graph)
+        search = EdgeAblationSearch(batch_size=40).fit(graph, X_eval=data_eval, y_eval=y_eval)
+        return graph, search
+
+    for make in (lambda: LocalInteractionBasis(adapter, batch_size=40),
+                 lambda: PCAWhitener(adapter, batch_size=40)):
+        expected, expected_search = run(X, X_eval, make())
+        for name, data in kinds(X, tmp_path).items():
+            if name in ("tensor", "array"):
+                continue
+            data_eval = ArrayDataset(X_eval) if name != "memmap" else X_eval
+            graph, search = run(data, data_eval, make())
+            assert graph.X is data, name
+            for a, b in zip(graph.bases, expected.bases):
+                np.testing.assert_allclose(a.C, b.C, rtol=1e-12, atol=1e-12, err_msg=name)
+            for E, E1 in zip(graph.edges, expected.edges):
+                np.testing.assert_allclose(E, E1, rtol=1e-12, atol=1e-14, err_msg=name)
+            assert search.n_edges_needed_ == expected_search.n_edges_needed_, name
+            assert search.n_samples_eval_ == len(X_eval)
+            np.testing.assert_allclose(graph.features("1"), expected.features("1"), rtol=1e-12,
+                                       atol=1e-12)
