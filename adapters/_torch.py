@@ -326,6 +326,26 @@ class MLPAdapter:
         start, stop = self._positions[layer], self._positions[self.node_layers[i + 1]]
         return _compose(self._steps(start, stop, dtype, device))
 
+    def composite_segment(self, layer: str, in_map: Tensor, out_map: Tensor, *,
+                          dtype: torch.dtype, device: torch.device):
+        """A closed-form :class:`~sklearn_lib._segments.CompositeSegment`, or ``None``.
+
+        ``G(z) = segment(z @ in_map.T) @ out_map.T`` from ``layer`` to the next node layer,
+        with Jacobians and ablated forward passes in closed form when the segment is one
+        ``Linear`` followed by elementwise activations (``adapters/_mlp_closed_forms.py``);
+        ``None`` otherwise (the caller uses the generic ``torch.func`` composite).
+        """
+        from sklearn_lib.adapters._mlp_closed_forms import mlp_closed_form
+
+        i = self._index(layer)
+        if i == len(self.node_layers) - 1:
+            return None
+        device = torch.device(device)
+        start, stop = self._positions[layer], self._positions[self.node_layers[i + 1]]
+        return mlp_closed_form(self._modules[start:stop], _ELEMENTWISE,
+                               self.segment(layer, dtype=dtype, device=device), in_map,
+                               out_map, dtype=dtype, device=device)
+
     def forward_from(self, layer: str, *, dtype: torch.dtype, device: torch.device):
         self._index(layer)
         run = _compose(self._steps(self._positions[layer], len(self._modules), dtype, device))

@@ -244,6 +244,14 @@ class UnembedComposite(_FoldedComposite):
         masks = masks.to(dtype=z.dtype, device=z.device)
         return z[:, self._positions(z.shape[1])] @ (masks * self.Gmat).T
 
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
+                      start: int = 0) -> Tensor:
+        """``rows * Gmat^T Gmat`` on columns ``>= start`` (float64): every row has Jacobian
+        ``Gmat``; the map is position-wise, so +-1 sources leave the sum unchanged."""
+        rows = z.shape[0] * (1 if self.last else z.shape[1])
+        G = self.Gmat[:, start:].to(torch.float64)
+        return rows * (G.T @ G)
+
 
 # -- MLP ---------------------------------------------------------------------------------------
 class MLPComposite(_FoldedComposite):
@@ -286,6 +294,32 @@ class MLPComposite(_FoldedComposite):
                 X[lo : lo + step] = torch.matmul(self.A * g[:, None, :], self.Bm)
         X += self.L0
         return self._place_diagonal(X.reshape(B, S, n_out, n_in), T, sources)
+
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
+                      start: int = 0) -> Tensor:
+        r"""``sum_rows J^T J`` on columns ``>= start`` without forming the Jacobians (float64).
+
+        With ``J = L0 + A diag(g) B`` per row (``g = act'(B z)``) and ``K = A^T A``,
+
+        .. math::
+
+            \sum J^T J = N L_0^T L_0 + L_0^T A \,\mathrm{diag}(\textstyle\sum g)\, B
+                + (\cdot)^T + B^T \big(K \circ \textstyle\sum g g^T\big) B,
+
+        ``O(N d_hidden^2)`` instead of ``O(N n_out n_in^2)`` (``N`` rows: samples times output
+        positions). The segment is position-wise, so random +-1 sources mixing output
+        positions leave the sum unchanged: ``sources`` is accepted and not needed.
+        """
+        zs = z[:, self._positions(z.shape[1])]
+        rows = zs.reshape(-1, zs.shape[-1])
+        f64 = torch.float64
+        g = self.act_prime(rows @ self.Bm.T).to(f64)  # (N, d_hidden)
+        A, B, L0 = self.A.to(f64), self.Bm[:, start:].to(f64), self.L0[:, start:].to(f64)
+        K = A.T @ A
+        gram = B.T @ ((K * (g.T @ g)) @ B)
+        cross = ((L0.T @ A) * g.sum(0)) @ B
+        gram += cross + cross.T + rows.shape[0] * (L0.T @ L0)
+        return gram
 
     def _row_elements(self, T: int, k: int, R: int, complement: bool) -> int:
         S = 1 if self.last else T

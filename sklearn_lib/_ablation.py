@@ -15,10 +15,8 @@ from tqdm.auto import tqdm
 
 from sklearn_lib._common import (
     check_finite,
-    iter_batches,
     resolve_device,
     resolve_dtype,
-    same_arrays,
 )
 from sklearn_lib._graph import (
     AblationResult,
@@ -28,6 +26,13 @@ from sklearn_lib._graph import (
     check_graph,
 )
 from sklearn_lib._segments import make_composite
+from sklearn_lib._stream import (
+    ActivationStream,
+    check_data,
+    check_same_graph,
+    first_inputs,
+    n_samples,
+)
 
 __all__ = ["EdgeAblationSearch", "InSampleEvaluationWarning"]
 
@@ -277,10 +282,10 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                 InSampleEvaluationWarning, stacklevel=3,
             )
             X_eval = graph.X
-            labels = check_labels(y, X_eval.shape[0], "y", "The graph's inputs have")
+            labels = check_labels(y, n_samples(X_eval), "y", "The graph's inputs have")
         else:
-            X_eval = adapter.check_input(X_eval)
-            labels = check_labels(y_eval, X_eval.shape[0], "y_eval", "X_eval has")
+            X_eval = check_data(adapter, X_eval, type(self).__name__)
+            labels = check_labels(y_eval, n_samples(X_eval), "y_eval", "X_eval has")
         metric = self.metric or adapter.default_metric
         tol = _DEFAULT_TOLERANCE[metric] if self.tolerance is None else float(self.tolerance)
         if metric == "accuracy" and tol >= 1:
@@ -304,14 +309,19 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         # Labels against the model's outputs on the first batch, before any search.
         first = graph.layers[0]
         with torch.no_grad():
-            xb = X_eval[: self.batch_size]
+            xb = first_inputs(adapter, X_eval, self.batch_size)
             out = adapter.forward_from(first, dtype=dtype, device=device)(
                 adapter.activations(xb, [first], dtype=dtype, device=device)[first])
         check_labels_against_outputs(labels, tuple(out.shape), "y" if y_eval is None else
                                      "y_eval")
         y_t = torch.as_tensor(labels, dtype=torch.long, device=device)
+        # One stream per pair for all its probes: the input layer's activations are computed
+        # once and kept when they fit the stream's memory budget (the batch bounds memory
+        # otherwise).
         results = [
-            self._search(graph, p, X_eval, y_t, metric, tol, dtype, device)
+            self._search(graph, p, ActivationStream(
+                adapter, X_eval, batch_size=self.batch_size, dtype=dtype, device=device,
+                keep=[graph.layers[p]]), y_t, metric, tol, dtype, device)
             for p in range(len(graph.pairs))
         ]
         self.results_ = results
@@ -320,12 +330,12 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
             (r.layer_in, r.layer_out): r.n_edges_needed_stable for r in results
         }
         self.epsilons_ = {(r.layer_in, r.layer_out): r.epsilon for r in results}
-        self.n_samples_eval_ = X_eval.shape[0]
+        self.n_samples_eval_ = n_samples(X_eval)
         self._edges = graph.edges
         return self
 
-    def _search(self, graph: InteractionGraph, p: int, X_eval, y_eval, metric, tol,
-                dtype, device) -> AblationResult:
+    def _search(self, graph: InteractionGraph, p: int, stream: ActivationStream, y_eval,
+                metric, tol, dtype, device) -> AblationResult:
         adapter, layer_in, layer_out = graph.adapter, graph.layers[p], graph.layers[p + 1]
         E = np.asarray(graph.edges[p])
         n_out, n_in = E.shape
@@ -361,18 +371,19 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                 return cache[k]
             masks = masks_for(k)
             total, count = 0.0, 0
-            for start, xb in iter_batches(X_eval, self.batch_size):
-                with torch.no_grad():
-                    f = adapter.activations(xb, [layer_in], dtype=dtype, device=device)[layer_in]
-                    check_finite(f, f"Activations of layer {layer_in!r}", start)
-                    z = f @ C_in.T
+            with torch.no_grad():
+                for batch in stream.batches([layer_in], projections={layer_in: C_in}):
+                    z = batch.z[layer_in]
                     out = F(z) if masks is None else F.ablated(z, masks, self.mask_chunk)
                     logits = rest(out @ C_out_pinv.T)
                     # NaN logits would score silently (argmax picks the NaN) and report garbage.
                     check_finite(logits, f"Model outputs (ablating {layer_in!r} -> "
-                                         f"{layer_out!r})", start)
-                s, c = _metric_sums(logits, y_eval[start : start + xb.shape[0]], metric)
-                total, count = total + s, count + c
+                                         f"{layer_out!r})", batch.start)
+                    s, c = _metric_sums(logits, y_eval[batch.start : batch.start + batch.size],
+                                        metric)
+                    total, count = total + s, count + c
+            (sums,) = stream.reduce_sum(torch.tensor([total, count], dtype=torch.float64))
+            total, count = sums.tolist()
             cache[k] = total / count
             if bar.n >= bar.total:
                 bar.total = bar.n + 1
@@ -443,10 +454,7 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "results_")
         graph = check_graph(X, type(self).__name__)
-        if not same_arrays(graph.edges, self._edges):
-            raise ValueError(
-                "This graph's edges differ from the ones EdgeAblationSearch was fitted on; refit."
-            )
+        check_same_graph(graph.edges, self._edges, what="edges", owner=type(self).__name__)
         return graph.replace(ablation=tuple(self.results_))
 
     def fit_transform(self, X, y=None, **fit_params):

@@ -1,8 +1,7 @@
-"""Shared helpers: dtype/device resolution, batching, checks on adapters and activations."""
+"""Shared helpers: dtype/device resolution, checks on adapters, inputs and activations."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -134,15 +133,6 @@ def check_layers(adapter: ModelAdapter, layers: Any, owner: str) -> tuple[str, .
     return layers
 
 
-def n_samples(X: Any) -> int:
-    return int(X.shape[0])
-
-
-def iter_batches(X: Any, batch_size: int) -> Iterator[tuple[int, Any]]:
-    for start in range(0, n_samples(X), batch_size):
-        yield start, X[start : start + batch_size]
-
-
 def check_finite(t: Tensor, what: str, start: int) -> None:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(
@@ -157,10 +147,3 @@ def torch_generator(random_state) -> torch.Generator:
 
     seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
     return torch.Generator().manual_seed(seed)
-
-
-def same_arrays(a, b) -> bool:
-    """Whether two sequences of arrays have the same length, shapes and values."""
-    return a is not None and b is not None and len(a) == len(b) and all(
-        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b)
-    )

@@ -10,19 +10,17 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
 from sklearn_lib._common import (
     check_finite,
-    iter_batches,
     resolve_device,
     resolve_dtype,
-    same_arrays,
     torch_generator,
 )
 from sklearn_lib._graph import check_graph
 from sklearn_lib._interaction import rademacher
 from sklearn_lib._segments import make_composite
+from sklearn_lib._stream import ActivationStream, batch_generator, check_same_graph, n_samples
 
 __all__ = ["IGEdgeScorer", "quadrature"]
 
@@ -205,25 +203,29 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         counts = [0 for _ in pairs]
         miss = np.zeros(len(pairs))  # sums of squares: completeness residual and f_hat^{l+1}
         size = np.zeros(len(pairs))
-        n_batches = -(-X.shape[0] // self.batch_size)
-        for start, xb in tqdm(iter_batches(X, self.batch_size), total=n_batches,
-                              desc="IG edges", disable=not self.verbose):
-            acts = adapter.activations(xb, layers, dtype=dtype, device=device)
+        # Sources are drawn per batch from (seed, batch index): the same in any sharding.
+        seed = (None if self.n_stochastic_sources is None
+                else int(torch.randint(2**62, (1,), generator=generator)))
+        stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
+                                  device=device, verbose=self.verbose)
+        for batch in stream.batches(layers, projections=dict(zip(layers, C)), desc="IG edges"):
+            generator = batch_generator(seed, batch.index)
             for p in pairs:
-                f = acts[layers[p]]
-                check_finite(f, f"Activations of layer {layers[p]!r}", start)
-                z = f @ C[p].T
+                z = batch.z[layers[p]]
                 A, sources = self._attributions(fns[p], z, alphas, weights, generator, dtype,
                                                 device, return_sources=True)
-                check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", start)
+                check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", batch.start)
                 sums[p] += (A.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
                 counts[p] += z.shape[0] * z.shape[1]  # N T, T = positions of layer l
-                target = acts[layers[p + 1]] @ C[p + 1].T  # f_hat^{l+1}: (batch, S, n_out)
+                target = batch.z[layers[p + 1]]  # f_hat^{l+1}: (batch, S, n_out)
                 if sources is not None:
                     target = torch.einsum("brs,bsi->bri", sources, target) / sources.shape[1] ** 0.5
                 residual = (A.sum(-1) - target)[..., 1:].to(torch.float64)
                 miss[p] += float((residual**2).sum())
                 size[p] += float((target[..., 1:].to(torch.float64) ** 2).sum())
+        *sums, totals = stream.reduce_sum(
+            *sums, torch.tensor(np.stack([counts, miss, size]), dtype=torch.float64))
+        counts, miss, size = totals[0].tolist(), totals[1].numpy(), totals[2].numpy()
         self.edges_ = tuple((s / c).sqrt().numpy() for s, c in zip(sums, counts))
         self.completeness_errors_ = np.sqrt(miss / np.maximum(size, np.finfo(float).tiny))
         divides = getattr(adapter, "is_norm_division", None)
@@ -245,7 +247,7 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
                     stacklevel=2,
                 )
         self.pairs_ = graph.pairs
-        self.n_samples_ = X.shape[0]
+        self.n_samples_ = n_samples(X)
         self._bases = graph.bases
         return self
 
@@ -285,11 +287,9 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "edges_")
         graph = check_graph(X, type(self).__name__)
-        if not same_arrays([b.C for b in graph.bases], [b.C for b in self._bases]):
-            raise ValueError(
-                "This graph's bases differ from the ones IGEdgeScorer was fitted on; refit the "
-                "scorer on this graph (edges belong to one basis)."
-            )
+        check_same_graph([b.C for b in graph.bases], [b.C for b in self._bases], what="bases",
+                         owner=type(self).__name__,
+                         hint="refit the scorer on this graph (edges belong to one basis).")
         return graph.replace(edges=self.edges_,
                              completeness_errors=tuple(self.completeness_errors_.tolist()))
 

@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from sklearn_lib._common import check_finite, iter_batches, resolve_device, resolve_dtype
+from sklearn_lib._common import resolve_device, resolve_dtype
 from sklearn_lib._linalg import LayerBasis
 
 __all__ = ["AblationResult", "InteractionGraph", "LayerFeatures"]
@@ -272,7 +272,9 @@ class InteractionGraph:
         """The same graph describing other model inputs (e.g. a held-out split)."""
         if self.adapter is None:
             raise ValueError("This graph has no adapter (loaded from disk?); set one with replace().")
-        return self.replace(X=self.adapter.check_input(X))
+        from sklearn_lib._stream import check_data
+
+        return self.replace(X=check_data(self.adapter, X, "InteractionGraph.with_data"))
 
     def basis_of(self, layer: str) -> LayerBasis:
         try:
@@ -300,16 +302,17 @@ class InteractionGraph:
         basis = self.basis_of(layer)
         if self.adapter is None:
             raise ValueError("features() needs the graph's adapter; this graph has none.")
-        X = self.X if X is None else self.adapter.check_input(X)
+        from sklearn_lib._stream import ActivationStream, check_data
+
+        X = self.X if X is None else check_data(self.adapter, X, "InteractionGraph.features")
         if X is None:
             raise ValueError("This graph holds no model inputs; pass X.")
         dt, dev = resolve_dtype(dtype), resolve_device(device)
         C = torch.tensor(basis.C, dtype=dt, device=dev)  # a copy: graph arrays are read-only
-        out = []
-        for start, xb in iter_batches(X, batch_size):
-            f = self.adapter.activations(xb, [layer], dtype=dt, device=dev)[layer]
-            check_finite(f, f"Activations of layer {layer!r}", start)
-            out.append((f @ C.T).cpu().numpy())
+        # Every sample's features, on every rank: an unsharded stream.
+        stream = ActivationStream(self.adapter, X, batch_size=batch_size, dtype=dt, device=dev,
+                                  shard=False)
+        out = [b.z[layer].cpu().numpy() for b in stream.batches([layer], projections={layer: C})]
         return np.concatenate(out, axis=0)
 
     # -- kept edges ------------------------------------------------------------------------

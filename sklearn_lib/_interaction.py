@@ -13,15 +13,14 @@ from tqdm.auto import tqdm
 from sklearn_lib._common import (
     torch_generator,
     check_adapter,
-    check_array_input,
     check_finite,
     check_layers,
-    iter_batches,
     resolve_device,
     resolve_dtype,
 )
 from sklearn_lib._graph import InteractionGraph
 from sklearn_lib._segments import make_composite
+from sklearn_lib._stream import ActivationStream, batch_generator, check_data
 from sklearn_lib._linalg import LayerBasis, rotate_basis
 from sklearn_lib._whitening import _BASIS_PARAMS, fit_pca_bases
 
@@ -96,12 +95,16 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         layers = check_layers(adapter, self.layers, type(self).__name__)
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, type(self).__name__)
-        X = adapter.check_input(check_array_input(X, type(self).__name__))
+        X = check_data(adapter, X, type(self).__name__)
         generator = torch_generator(self.random_state)
+        # One stream for the moments and every LIB layer: the activations the moments pass
+        # computes are kept for the Jacobian passes when they fit the stream's memory budget.
+        stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
+                                  device=device, keep=layers, verbose=self.verbose)
         pca = fit_pca_bases(
             adapter, X, layers, whiten=True, rotate_final=self.rotate_final, rtol=self.rtol,
             atol=self.atol, batch_size=self.batch_size, dtype=dtype, device=device,
-            verbose=self.verbose,
+            verbose=self.verbose, stream=stream,
         )
         bases: list[LayerBasis | None] = [None] * len(layers)
         bases[-1] = pca[-1]
@@ -114,7 +117,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
                 torch.as_tensor(target.C, dtype=dtype, device=device), dtype=dtype,
                 device=device, chunk_size=self.chunk_size,
             )
-            gram = self._jacobian_gram(adapter, X, layers[l], pca[l], G, dtype, device,
+            gram = self._jacobian_gram(adapter, stream, layers[l], pca[l], G, dtype, device,
                                        generator)
             bases[l] = rotate_basis(pca[l], gram, rtol=self.rtol, atol=self.atol, dtype=dtype)
         self.bases_ = bases
@@ -132,27 +135,34 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         the positions of ``layer`` (the reference implementation's convention; it only scales
         ``M``). Accumulated in float64.
         """
+        if not isinstance(X, ActivationStream):
+            X = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
+                                 device=device, verbose=self.verbose)
         P = torch.as_tensor(pca.C, dtype=dtype, device=device)
         n_fixed, k = pca.n_fixed, pca.n_components
         R = self.n_stochastic_sources
+        # Sources are drawn per batch from (seed, batch index): the same in any sharding.
+        seed = None if R is None else int(torch.randint(2**62, (1,), generator=generator))
         gram = torch.zeros(k, k, dtype=torch.float64, device=device)
         count = 0
-        n_batches = -(-X.shape[0] // self.batch_size)
-        for start, xb in tqdm(iter_batches(X, self.batch_size), total=n_batches, leave=False,
-                              desc=f"Jacobians at {layer}", disable=not self.verbose):
-            f = adapter.activations(xb, [layer], dtype=dtype, device=device)[layer]
-            check_finite(f, f"Activations of layer {layer!r}", start)
-            z = f @ P.T
+        for batch in X.batches([layer], projections={layer: P}, desc=f"Jacobians at {layer}"):
+            z = batch.z[layer]
             sources = None
             if R is not None:
                 with torch.no_grad():
                     t_out = G(z[:1]).shape[1]
-                sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
-            jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
-            check_finite(jac, f"Jacobians at layer {layer!r}", start)
-            gram += torch.einsum("bsitj,bsitk->jk", jac, jac)
+                sources = rademacher(batch_generator(seed, batch.index), (z.shape[0], R, t_out),
+                                     dtype, device)
+            if hasattr(G, "jacobian_gram"):  # closed forms skip forming the Jacobians
+                part = G.jacobian_gram(z, sources, n_fixed)
+            else:
+                jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
+                part = torch.einsum("bsitj,bsitk->jk", jac, jac)
+            check_finite(part, f"Jacobians at layer {layer!r}", batch.start)
+            gram += part
             count += z.shape[0] * z.shape[1]
-        return gram.cpu() / count
+        gram, count = X.reduce_sum(gram, torch.tensor(float(count), dtype=torch.float64))
+        return gram.cpu() / float(count)
 
     def transform(self, X):
         """The :class:`InteractionGraph` of these model inputs in the fitted bases.
@@ -167,7 +177,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         graph : InteractionGraph
         """
         check_is_fitted(self, "bases_")
-        X = self.adapter.check_input(check_array_input(X, type(self).__name__))
+        X = check_data(self.adapter, X, type(self).__name__)
         return InteractionGraph(
             layers=self.layers_, bases=tuple(self.bases_), basis=self._basis_name,
             adapter=self.adapter, X=X,

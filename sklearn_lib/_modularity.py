@@ -10,8 +10,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from sklearn_lib._common import same_arrays
 from sklearn_lib._graph import check_graph
+from sklearn_lib._stream import check_same_graph
 
 __all__ = ["LeidenModularity"]
 
@@ -153,8 +153,5 @@ class LeidenModularity(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "communities_")
         graph = check_graph(X, type(self).__name__)
-        if not same_arrays(graph.edges, self._edges):
-            raise ValueError(
-                "This graph's edges differ from the ones LeidenModularity was fitted on; refit."
-            )
+        check_same_graph(graph.edges, self._edges, what="edges", owner=type(self).__name__)
         return graph.replace(communities=self.communities_, modularity=self.modularity_)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from sklearn_lib._jacobian import batched_jacobian, per_sample
 
-__all__ = ["CompositeSegment", "ablate_by_masks", "make_composite"]
+__all__ = ["ChainedComposite", "CompositeSegment", "ablate_by_masks", "make_composite"]
 
 
 class CompositeSegment:
@@ -65,6 +65,18 @@ class CompositeSegment:
         return batched_jacobian(mixed, z, sources, out_numel=R * n_out,
                                 chunk_size=self.chunk_size)
 
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
+                      start: int = 0) -> Tensor:
+        """``sum_{b,s,i,t} J_(i,s),(j,t) J_(i,s),(j',t)`` over the batch, float64.
+
+        ``j, j' >= start`` (the fixed coordinates left out): the batch's share of the
+        Jacobian Gram matrix ``M`` of LIB (DESIGN.md section 5). Closed forms may override it
+        without forming the Jacobians.
+        """
+        jac = self.jacobian(z, sources)[..., start:]  # (B, S, n_out, T, k)
+        rows = jac.to(torch.float64).reshape(-1, jac.shape[-1])  # contiguous: one GEMM
+        return rows.T @ rows
+
     def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
         """``out[..., i] = G(z * masks[i])[..., i]``, one forward pass per distinct mask.
 
@@ -94,22 +106,100 @@ def ablate_by_masks(G: Callable[[Tensor], Tensor], z: Tensor, masks: Tensor,
     return out
 
 
+class ChainedComposite(CompositeSegment):
+    """Several composite segments in a row: ``G = G_K o ... o G_1`` (GIB spans).
+
+    Each link maps activation coordinates to activation coordinates (identity maps), except
+    the first, which reads the basis ``in_map``, and the last, which writes ``out_map``.
+    Jacobians come from the links' per-sample Jacobians (closed forms where the adapter has
+    them) by the chain rule, ``J = J_K ... J_1``, evaluated along the forward pass; stochastic
+    sources mix the output positions of the last link only.
+    """
+
+    def __init__(self, links: list[CompositeSegment]) -> None:
+        self.links = links
+        self.in_map = links[0].in_map
+        self.out_map = links[-1].out_map
+        self.chunk_size = links[0].chunk_size
+
+        def chained(f: Tensor) -> Tensor:
+            for link in links:
+                f = link.segment(f)
+            return f
+
+        self.segment = chained
+
+    def __call__(self, z: Tensor) -> Tensor:
+        for link in self.links:
+            z = link(z)
+        return z
+
+    def jacobian(self, z: Tensor, sources: Tensor | None = None) -> Tensor:
+        """``(batch, S, n_out, T_in, n_in)``: the product of the links' Jacobians."""
+        points = [z]
+        with torch.no_grad():
+            for link in self.links[:-1]:
+                points.append(link(points[-1]))
+        jac = self.links[-1].jacobian(points[-1], sources)
+        for link, point in zip(self.links[-2::-1], points[-2::-1]):
+            inner = link.jacobian(point)  # (B, U, k, T, n)
+            jac = torch.einsum("bsiuk,buktj->bsitj", jac, inner)
+        return jac
+
+
 def make_composite(adapter, layers: list[str], in_map: Tensor, out_map: Tensor, *,
                    dtype: torch.dtype, device: torch.device,
                    chunk_size: int | None = None) -> CompositeSegment:
     """The composite segment from ``layers[0]`` through ``layers[-1]`` (one or more segments).
 
-    Uses the adapter's ``composite_segment`` when it has one and a single segment is asked for.
+    Uses the adapter's ``composite_segment`` when it has one. A span of several segments is a
+    :class:`ChainedComposite` of single ones in activation coordinates (the adapter's closed
+    forms where it has them, the generic composite otherwise), differentiated by the chain
+    rule.
     """
-    if len(layers) == 2 and hasattr(adapter, "composite_segment"):
-        fast = adapter.composite_segment(layers[0], in_map, out_map, dtype=dtype, device=device)
+    if len(layers) > 2:
+        links = []
+        d_in = in_map.shape[0]  # activation width of the link's input layer
+        for k in range(len(layers) - 1):
+            seg = adapter.segment(layers[k], dtype=dtype, device=device)
+            with torch.no_grad():  # the width of the next layer, from F(0) = 0
+                d_out = seg(torch.zeros(1, 1, d_in, dtype=dtype, device=device)).shape[-1]
+            a = in_map if k == 0 else torch.eye(d_in, dtype=dtype, device=device)
+            last = k == len(layers) - 2
+            b = out_map if last else torch.eye(d_out, dtype=dtype, device=device)
+            links.append(_single(adapter, layers[k], seg, a, b, dtype=dtype, device=device,
+                                 chunk_size=chunk_size))
+            d_in = d_out
+        # A linear last link (an output layer) folds into the out_map of the one before, so
+        # no Jacobian is formed in the wide activation coordinates of the layer between.
+        while len(links) > 1 and _foldable(links[-2], links[-1]):
+            k = len(links) - 2
+            seg = adapter.segment(layers[k], dtype=dtype, device=device)
+            links[k:] = [_single(adapter, layers[k], seg, links[k].in_map, links[-1].Gmat,
+                                 dtype=dtype, device=device, chunk_size=chunk_size)]
+        return links[0] if len(links) == 1 else ChainedComposite(links)
+    seg = adapter.segment(layers[0], dtype=dtype, device=device)
+    return _single(adapter, layers[0], seg, in_map, out_map, dtype=dtype, device=device,
+                   chunk_size=chunk_size)
+
+
+def _foldable(before: CompositeSegment, linear: CompositeSegment) -> bool:
+    """Whether ``linear`` is a constant matrix ``Gmat`` that can become ``before``'s out_map.
+
+    A link that keeps only the last position can be folded only where the link before it
+    already outputs one position (it keeps the last position too).
+    """
+    if not isinstance(getattr(linear, "Gmat", None), Tensor):
+        return False
+    return not getattr(linear, "last", False) or bool(getattr(before, "last", False))
+
+
+def _single(adapter, layer: str, seg, in_map: Tensor, out_map: Tensor, *,
+            dtype: torch.dtype, device: torch.device,
+            chunk_size: int | None) -> CompositeSegment:
+    """One segment: the adapter's closed form when it has one, else the generic composite."""
+    if hasattr(adapter, "composite_segment"):
+        fast = adapter.composite_segment(layer, in_map, out_map, dtype=dtype, device=device)
         if fast is not None:
             return fast
-    segments = [adapter.segment(layer, dtype=dtype, device=device) for layer in layers[:-1]]
-
-    def chained(f: Tensor) -> Tensor:
-        for seg in segments:
-            f = seg(f)
-        return f
-
-    return CompositeSegment(chained, in_map, out_map, chunk_size)
+    return CompositeSegment(seg, in_map, out_map, chunk_size)

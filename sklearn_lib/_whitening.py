@@ -16,18 +16,16 @@ from sklearn.base import (
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
-from tqdm.auto import tqdm
 
 from sklearn_lib._common import (
     check_adapter,
     check_array_input,
-    check_finite,
     check_layers,
-    iter_batches,
     resolve_device,
     resolve_dtype,
 )
 from sklearn_lib._graph import InteractionGraph
+from sklearn_lib._stream import ActivationStream, check_data
 from sklearn_lib._linalg import LayerBasis, MomentAccumulator, n_significant, pca_basis, sorted_eigh
 
 __all__ = ["PCAWhitener"]
@@ -52,21 +50,25 @@ def identity_basis(name: str, dim: int, variances: np.ndarray) -> LayerBasis:
 
 
 def fit_layer_moments(
-    adapter, X: Any, layers: tuple[str, ...], *, batch_size: int, dtype, device, verbose: bool
+    adapter, X: Any, layers: tuple[str, ...], *, batch_size: int, dtype, device, verbose: bool,
+    stream: ActivationStream | None = None,
 ) -> dict[str, MomentAccumulator]:
-    """Stream the model inputs once; accumulate mean and scatter of each layer's rotatable part."""
+    """Stream the model inputs once; accumulate mean and scatter of each layer's rotatable part.
+
+    ``stream`` (default: a new one over ``X``) reads, checks and shards the batches; the
+    moments of the ranks are merged, so every rank gets those of the whole data.
+    """
+    if stream is None:
+        stream = ActivationStream(adapter, X, batch_size=batch_size, dtype=dtype,
+                                  device=device, verbose=verbose)
     moments = {layer: MomentAccumulator() for layer in layers}
     fixed = {layer: adapter.fixed_features(layer) for layer in layers}
-    batches = iter_batches(X, batch_size)
-    for start, xb in tqdm(batches, desc="activation moments", disable=not verbose,
-                          total=-(-X.shape[0] // batch_size), leave=False):
-        acts = adapter.activations(xb, layers, dtype=dtype, device=device)
+    for batch in stream.batches(layers, desc="activation moments"):
         for layer in layers:
-            f = acts[layer]
-            check_finite(f, f"Activations of layer {layer!r}", start)
+            f = batch.acts[layer]
             keep = [j for j in range(f.shape[-1]) if j not in fixed[layer]]
             moments[layer].update(f[..., keep].reshape(-1, len(keep)))
-    return moments
+    return {layer: stream.reduce_moments(m) for layer, m in moments.items()}
 
 
 def fit_pca_bases(
@@ -82,10 +84,16 @@ def fit_pca_bases(
     dtype,
     device,
     verbose: bool,
+    stream: ActivationStream | None = None,
 ) -> list[LayerBasis]:
-    """PCA step (DESIGN.md section 5) on every node layer; the final one is never whitened."""
+    """PCA step (DESIGN.md section 5) on every node layer; the final one is never whitened.
+
+    ``stream``: the :class:`~sklearn_lib._stream.ActivationStream` to read (LIB passes the one
+    its Jacobian passes read, so activations computed here can be kept for them).
+    """
     moments = fit_layer_moments(
-        adapter, X, layers, batch_size=batch_size, dtype=dtype, device=device, verbose=verbose
+        adapter, X, layers, batch_size=batch_size, dtype=dtype, device=device, verbose=verbose,
+        stream=stream,
     )
     bases = []
     for i, layer in enumerate(layers):
@@ -388,7 +396,7 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         """
         if self.adapter is not None:
             check_is_fitted(self, "bases_")
-            X = self.adapter.check_input(check_array_input(X, type(self).__name__))
+            X = check_data(self.adapter, X, type(self).__name__)
             return InteractionGraph(
                 layers=self.layers_, bases=tuple(self.bases_), basis="pca",
                 adapter=self.adapter, X=X,
@@ -439,7 +447,7 @@ class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimat
         layers = check_layers(adapter, self.layers, type(self).__name__)
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, type(self).__name__)
-        X = adapter.check_input(check_array_input(X, type(self).__name__))
+        X = check_data(adapter, X, type(self).__name__)
         self.bases_ = fit_pca_bases(
             adapter, X, layers, whiten=self._whitens(), rotate_final=self.rotate_final,
             rtol=self.rtol, atol=self.atol, batch_size=self.batch_size, dtype=dtype,

@@ -96,7 +96,8 @@ def test_nan_weights_detected_by_graph_steps(problem, graphs):
     with torch.no_grad():
         broken[0].weight[1, 2] = float("inf")
     g0 = graphs[0].replace(adapter=MLPAdapter(broken))
-    with pytest.raises(ValueError, match=r"Attributions 'input' -> '1' contain NaN or inf \(batch "
+    # The stream checks every activation the scorer reads before any attribution.
+    with pytest.raises(ValueError, match=r"Activations of layer '1' contain NaN or inf \(batch "
                                          r"starting at sample 0\)"):
         IGEdgeScorer().fit(g0)
     with pytest.raises(ValueError, match="Activations of layer '1' contain NaN or inf"):

@@ -65,7 +65,9 @@ def test_stochastic_sources_are_unbiased():
     single = (estimates[0] - exact).abs().max() / scale
     mean_error = (estimates.mean(0) - exact).abs().max() / scale
     assert single > 1e-2  # one draw is noisy: the sources really are random
-    assert mean_error < 0.02 * single and mean_error < 1e-3  # measured: 0.17 and 2e-4
+    # Sources are drawn per batch from (seed, batch index); over three blocks of 1600 seeds
+    # single was 0.15-0.26 and mean_error 5e-4 to 2.4e-3 (the mean's noise, ~ single / 40).
+    assert mean_error < 0.02 * single and mean_error < 5e-3
 
 
 def rotate_residual(model: HookedTransformer, Q: torch.Tensor) -> HookedTransformer:
