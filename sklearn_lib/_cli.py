@@ -50,26 +50,24 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # --- argument types: each raises ArgumentTypeError, which argparse names with the flag --------
 
-def positive_int(text: str) -> int:
-    """An int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_at_least(low: int, name: str):
+    """An argparse type: an int >= ``low``, named ``name`` in its messages."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {name}, got {value}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name.replace(" ", "_")
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    """An int >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1, "a positive integer")
+nonnegative_int = _int_at_least(0, "an integer >= 0")
 
 
 def nonnegative_float(text: str) -> float:
