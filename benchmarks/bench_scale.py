@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _doc import write_section
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # this checkout's sklearn_lib, not an installed one
@@ -303,8 +305,62 @@ def worker_process(args):
                       "n_samples": len(X)}))
 
 
+def table(results: dict) -> str:
+    """The docs/results.md section, generated from the JSON (never typed)."""
+    load = results["machine"].get("load_average", [float("nan")])[0]
+    lines = ["## Scaling: data size, processes, memory (`benchmarks/bench_scale.py`)", "",
+             f"Medians of {results['repeats']} runs on {results['machine']['cpus']} cores "
+             f"(load average {load:.1f} at the start: a shared machine). Build = LIB fit + IG "
+             "edges, float64, batch 256. No GPU was lent to the session that measured this.", ""]
+    if "n" in results:
+        lines += ["| task | N (1x / 4x / 16x) | seconds | fitted exponent |", "|---|---|---|---|"]
+        for task, r in results["n"].items():
+            if not isinstance(r, dict) or "runs" not in r:
+                continue
+            ns = " / ".join(str(x["n_samples"]) for x in r["runs"])
+            ts = " / ".join(f"{x['median_seconds']:.3g}" for x in r["runs"])
+            lines.append(f"| {task} | {ns} | {ts} | {r['exponent']:.2f} |")
+        lines.append("")
+    if "procs" in results:
+        lines += ["| task | 1 process (s) | 2 processes (s) |", "|---|---|---|"]
+        for task, r in results["procs"].items():
+            if isinstance(r, dict) and "1" in r:
+                lines.append(f"| {task} | {r['1']['median_seconds']:.3g} | "
+                             f"{r['2']['median_seconds']:.3g} |")
+        lines.append("")
+    if "memory" in results:
+        lines += ["| task | activation cache | peak memory above set-up (MB) at 1x / 4x / 16x |",
+                  "|---|---|---|"]
+        for task, r in results["memory"].items():
+            if not isinstance(r, dict):
+                continue
+            for cache, runs in r.items():
+                if isinstance(runs, list):
+                    mb = " / ".join(f"{x['peak_increase_mb']:.0f}" for x in runs)
+                    lines.append(f"| {task} | {cache} | {mb} |")
+        lines.append("")
+    if "gib" in results:
+        g = results["gib"]
+        lines.append(f"GIB vs LIB on modular addition ({g['n_samples']} rows): fit "
+                     f"{g['gib']['median_fit_seconds']:.2f} s vs {g['lib']['median_fit_seconds']:.2f} s, "
+                     f"build {g['gib']['median_build_seconds']:.2f} s vs "
+                     f"{g['lib']['median_build_seconds']:.2f} s.")
+    if "mnist" in results:
+        lines.append(f"LIB fit on the MNIST MLP ({results['mnist']['n_samples']} rows): "
+                     f"{results['mnist']['median_seconds']:.2f} s.")
+    if "process" in results:
+        m = results["process"]["median_seconds"]
+        lines.append(f"Whole process, LIB build on the shipped seed-0 checkpoint (float64): "
+                     f"{m['process_wall_seconds']:.1f} s wall (imports {m['imports']:.2f} s, model "
+                     f"load {m['model_load']:.2f} s, bases {m['bases']:.2f} s, edges "
+                     f"{m['edges']:.2f} s).")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--table-only", action="store_true",
+                        help="regenerate the docs/results.md section from the JSON")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default="n,procs,memory,gib,mnist,process")
     parser.add_argument("--modadd-base", type=float, default=0.25,
@@ -316,6 +372,9 @@ def main() -> None:
     parser.add_argument("--cache", choices=["on", "off"], default="on")
     parser.add_argument("--model-dir")
     args = parser.parse_args()
+    if args.table_only:
+        write_section("scale", table(json.loads(args.json.read_text())))
+        return
     if args.worker:
         {"procs": worker_procs, "memory": worker_memory, "process": worker_process}[
             args.worker](args)
@@ -340,7 +399,8 @@ def main() -> None:
     results["machine"]["load_average_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.json}")
+    write_section("scale", table(results))
+    print(f"wrote {args.json} and docs/results.md")
 
 
 if __name__ == "__main__":
