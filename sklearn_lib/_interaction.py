@@ -135,6 +135,9 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         R = self.n_stochastic_sources
         gram = torch.zeros(k, k, dtype=torch.float64, device=device)
         count = 0
+        # Positions the adapter leaves out of the bases (e.g. an attention sink): neither
+        # input positions t nor output positions s below ``skip`` enter the sum.
+        skip = int(getattr(adapter, "skip_positions", 0))
         n_batches = -(-X.shape[0] // self.batch_size)
         for start, xb in tqdm(iter_batches(X, self.batch_size), total=n_batches, leave=False,
                               desc=f"Jacobians at {layer}", disable=not self.verbose):
@@ -146,10 +149,13 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
                 with torch.no_grad():
                     t_out = G(z[:1]).shape[1]
                 sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
+                sources[..., :skip] = 0
             jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
             check_finite(jac, f"Jacobians at layer {layer!r}", start)
+            if skip:
+                jac = jac[:, :, :, skip:] if R is not None else jac[:, skip:, :, skip:]
             gram += torch.einsum("bsitj,bsitk->jk", jac, jac)
-            count += z.shape[0] * z.shape[1]
+            count += z.shape[0] * (z.shape[1] - skip)
         return gram.cpu() / count
 
     def transform(self, X):

@@ -50,6 +50,7 @@ def fit_layer_moments(
     """Stream the model inputs once; accumulate mean and scatter of each layer's rotatable part."""
     moments = {layer: MomentAccumulator() for layer in layers}
     fixed = {layer: adapter.fixed_features(layer) for layer in layers}
+    skip = int(getattr(adapter, "skip_positions", 0))
     batches = iter_batches(X, batch_size)
     for start, xb in tqdm(batches, desc="activation moments", disable=not verbose,
                           total=-(-X.shape[0] // batch_size), leave=False):
@@ -57,6 +58,8 @@ def fit_layer_moments(
         for layer in layers:
             f = acts[layer]
             check_finite(f, f"Activations of layer {layer!r}", start)
+            if skip and f.ndim == 3:  # the adapter leaves its first positions out of the bases
+                f = f[:, skip:]
             keep = [j for j in range(f.shape[-1]) if j not in fixed[layer]]
             moments[layer].update(f[..., keep].reshape(-1, len(keep)))
     return moments
