@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from sklearn_lib._lm_cli import add_lm_parser
 from sklearn_lib._modadd_cli import add_modadd_parser
 
 __all__ = ["main", "build_parser"]
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "estimators: run the digits demo or the paper's modular-addition experiment.",
         formatter_class=_HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,modadd}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,modadd,lm}")
     common = _common_flags()
     demo = sub.add_parser(
         "demo", parents=[common], formatter_class=_HelpFormatter,
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of the split, the training and the estimators")
     demo.set_defaults(func=_demo, check=_check_demo)
     add_modadd_parser(sub, parents=[common], formatter_class=_HelpFormatter)
+    add_lm_parser(sub, parents=[common], formatter_class=_HelpFormatter)
     return parser
 
 
