@@ -22,13 +22,74 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise ValueError(f"dtype must be 'float32' or 'float64'. Got {dtype!r} instead.")
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
+def resolve_device(device: Any, owner: str | None = None) -> torch.device:
+    """The ``device`` parameter as a usable ``torch.device``; a clear ``ValueError`` otherwise.
+
+    Accepts a ``torch.device`` or a device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``...);
+    ``owner`` names the estimator in the message. Checked by allocating an empty tensor there,
+    so a device this machine lacks fails at fit time, not deep inside a forward pass.
+    """
+    where = f" of {owner}" if owner else ""
+    given = device
+    if isinstance(device, str):
+        try:
+            device = torch.device(device)
+        except RuntimeError:
+            pass
+    if not isinstance(device, torch.device):
+        raise ValueError(
+            f"The 'device' parameter{where} must be a torch.device or a device string such as "
+            f"'cpu', 'cuda' or 'cuda:0'. Got {given!r} instead."
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={str(device)!r} was requested but CUDA is not available; use device='cpu'."
         )
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, NotImplementedError, AssertionError) as exc:
+        raise ValueError(
+            f"device={str(device)!r}{where} cannot be used on this machine "
+            f"({str(exc).splitlines()[0][:120]}); use device='cpu'."
+        ) from None
     return device
+
+
+def check_array_input(X: Any, owner: str) -> Any:
+    """Screen inputs before an adapter (or ``validate_data``) sees them.
+
+    Sparse matrices and complex numbers are rejected with the fix in the message; NumPy arrays
+    with negative strides or that are read-only are copied (torch cannot wrap the first and
+    warns on the second). Other inputs pass through unchanged.
+    """
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):
+        raise TypeError(
+            f"{owner} does not accept sparse matrices (got {type(X).__name__}); pass a dense "
+            "array instead, e.g. X.toarray()."
+        )
+    if isinstance(X, Tensor):
+        if X.is_complex():
+            raise ValueError(
+                f"Complex data not supported by {owner} (got a {X.dtype} tensor); pass the real "
+                "part (X.real), or real and imaginary parts as separate features."
+            )
+        return X
+    if not isinstance(X, np.ndarray):
+        if hasattr(X, "__array__") or isinstance(X, (list, tuple)):
+            try:
+                X = np.asarray(X)
+            except (ValueError, TypeError):
+                return X  # ragged or odd inputs: the adapter's own check names them
+        else:
+            return X
+    if np.iscomplexobj(X):
+        raise ValueError(
+            f"Complex data not supported by {owner} (got dtype {X.dtype}); pass the real part "
+            "(X.real), or real and imaginary parts as separate features."
+        )
+    if not X.flags.writeable or any(stride < 0 for stride in X.strides):
+        X = np.array(X, copy=True, order="C")
+    return X
 
 
 def check_adapter(adapter: Any, owner: str) -> ModelAdapter:

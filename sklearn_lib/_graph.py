@@ -8,12 +8,15 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
 from sklearn_lib._common import check_finite, iter_batches, resolve_device, resolve_dtype
 from sklearn_lib._linalg import LayerBasis
@@ -757,11 +760,21 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
     layer : str
         The node layer.
     position : int or None, default=None
-        For layers with several positions: keep one position (``-1``: the last). ``None``
-        flattens positions into features.
+        For layers with several positions: keep one position (``-1``: the last), an int in
+        ``[-n_positions, n_positions)``. ``None`` flattens positions into features
+        (position-major: all features of position 0, then of position 1, ...).
     include_constant : bool, default=False
-        Keep the constant feature 0.
+        Keep the constant feature 0 (of every kept position).
     batch_size : int, default=1024
+        Model inputs per forward pass.
+
+    Attributes
+    ----------
+    n_positions_ : int
+        Positions of ``layer`` (1 for MLPs).
+    n_features_out_ : int
+        Width of ``transform``'s output: the layer's basis features (less the constant unless
+        ``include_constant``), times ``n_positions_`` when ``position=None``.
 
     Examples
     --------
@@ -772,9 +785,17 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
     >>> X = np.random.default_rng(0).normal(size=(200, 4))
     >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
     >>> graph = LocalInteractionBasis(MLPAdapter(mlp)).fit_transform(X)
-    >>> LayerFeatures("1").fit_transform(graph).shape[0]
-    200
+    >>> probe = LayerFeatures("1").fit(graph)
+    >>> probe.transform(graph).shape == (200, probe.n_features_out_)
+    True
     """
+
+    _parameter_constraints: dict = {
+        "layer": [str],
+        "position": [Interval(Integral, None, None, closed="neither"), None],
+        "include_constant": ["boolean"],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+    }
 
     def __init__(self, layer, *, position=None, include_constant=False, batch_size=1024):
         self.layer = layer
@@ -782,19 +803,76 @@ class LayerFeatures(TransformerMixin, BaseEstimator):
         self.include_constant = include_constant
         self.batch_size = batch_size
 
+    def _n_positions(self, graph: InteractionGraph) -> int:
+        """Positions of ``layer``, from one forward pass on the graph's first input."""
+        graph.require("adapter", type(self).__name__, "attach the model adapter with "
+                      "graph.replace(adapter=...).")
+        graph.require("X", type(self).__name__, "use a graph returned by transform (it holds "
+                      "the model inputs).")
+        acts = graph.adapter.activations(graph.X[:1], [self.layer], dtype=torch.float64,
+                                         device=torch.device("cpu"))[self.layer]
+        return int(acts.shape[1])
+
     def fit(self, X, y=None):
-        """Check the layer exists; nothing is learned."""
+        """Check the parameters against the graph; nothing is learned.
+
+        Parameters
+        ----------
+        X : InteractionGraph
+            A graph holding its adapter and model inputs.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : LayerFeatures
+        """
         graph = check_graph(X, type(self).__name__)
-        graph.basis_of(self.layer)
-        self.n_features_out_ = graph.basis_of(self.layer).n_features - (not self.include_constant)
+        self._validate_params()
+        if isinstance(self.position, (bool, np.bool_)):
+            raise ValueError(
+                "The 'position' parameter of LayerFeatures must be an int or None. Got "
+                f"{self.position!r} instead."
+            )
+        basis = graph.basis_of(self.layer)
+        n_positions = self._n_positions(graph)
+        if self.position is not None and not -n_positions <= self.position < n_positions:
+            raise ValueError(
+                f"position={self.position} is out of range for layer {self.layer!r}, which has "
+                f"{n_positions} position(s); use an int in [{-n_positions}, {n_positions - 1}] "
+                "or position=None to keep them all."
+            )
+        per_position = basis.n_features - (not self.include_constant)
+        self.n_positions_ = n_positions
+        self.n_features_out_ = per_position * (n_positions if self.position is None else 1)
         return self
 
     def transform(self, X):
-        """Features of ``layer`` for the graph's inputs, ``ndarray (n_samples, n_out)``."""
+        """Features of ``layer`` for the graph's inputs.
+
+        Parameters
+        ----------
+        X : InteractionGraph
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features_out_)
+        """
         graph = check_graph(X, type(self).__name__)
+        check_is_fitted(self, "n_features_out_")
         F = graph.features(self.layer, batch_size=self.batch_size)
         if not self.include_constant:
             F = F[..., 1:]
-        if self.position is not None:
-            return F[:, self.position, :]
-        return F.reshape(F.shape[0], -1)
+        if F.shape[1] != self.n_positions_:
+            raise ValueError(
+                f"Layer {self.layer!r} has {F.shape[1]} positions in this graph but "
+                f"{self.n_positions_} when LayerFeatures was fitted; refit on this graph."
+            )
+        out = F[:, self.position, :] if self.position is not None else F.reshape(F.shape[0], -1)
+        if out.shape[1] != self.n_features_out_:
+            raise ValueError(
+                f"Layer {self.layer!r} has {out.shape[1]} features in this graph but "
+                f"LayerFeatures was fitted on a graph with {self.n_features_out_}; refit on "
+                "this graph."
+            )
+        return out

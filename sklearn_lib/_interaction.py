@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from sklearn_lib._common import (
     torch_generator,
     check_adapter,
+    check_array_input,
     check_finite,
     check_layers,
     iter_batches,
@@ -52,8 +53,8 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         *,
         layers=None,
         rotate_final=True,
-        rtol=1e-13,
-        atol=1e-15,
+        rtol=None,
+        atol=0.0,
         n_stochastic_sources=None,
         batch_size=256,
         chunk_size=None,
@@ -93,8 +94,9 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         """
         adapter = check_adapter(self.adapter, type(self).__name__)
         layers = check_layers(adapter, self.layers, type(self).__name__)
-        X = adapter.check_input(X)
-        dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype)
+        device = resolve_device(self.device, type(self).__name__)
+        X = adapter.check_input(check_array_input(X, type(self).__name__))
         generator = torch_generator(self.random_state)
         pca = fit_pca_bases(
             adapter, X, layers, whiten=True, rotate_final=self.rotate_final, rtol=self.rtol,
@@ -114,7 +116,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
             )
             gram = self._jacobian_gram(adapter, X, layers[l], pca[l], G, dtype, device,
                                        generator)
-            bases[l] = rotate_basis(pca[l], gram, rtol=self.rtol, atol=self.atol)
+            bases[l] = rotate_basis(pca[l], gram, rtol=self.rtol, atol=self.atol, dtype=dtype)
         self.bases_ = bases
         self.layers_ = layers
         self.n_components_ = {b.name: b.n_components for b in bases}
@@ -171,7 +173,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         graph : InteractionGraph
         """
         check_is_fitted(self, "bases_")
-        X = self.adapter.check_input(X)
+        X = self.adapter.check_input(check_array_input(X, type(self).__name__))
         return InteractionGraph(
             layers=self.layers_, bases=tuple(self.bases_), basis=self._basis_name,
             adapter=self.adapter, X=X,
@@ -188,11 +190,19 @@ _DOC_PARAMS = """
     rotate_final : bool, default=True
         Centre and rotate the last node layer onto its principal axes (``C^L = U H``, not
         rescaled); ``False`` keeps it as it is.
-    rtol : float, default=1e-13
-        Directions whose eigenvalue (of the activation covariance, then of the Jacobian Gram
-        matrix ``M``) is at most ``rtol`` times the largest are dropped.
-    atol : float, default=1e-15
-        Absolute floor of the truncation.
+    rtol : float or None, default=None
+        Truncation of the activation covariance, then of the Jacobian Gram matrix ``M``, by
+        one rule. ``None``: drop eigenvalues at or below the round-off level of the matrix,
+        ``1e4 * d * (eps_64 * lambda_max + eps**2 * E||v||^2)`` with ``d`` its size,
+        ``eps_64`` the float64 epsilon (the sums are float64), ``eps`` that of ``dtype`` and
+        ``E||v||^2`` the mean squared norm of the vectors summed (activations uncentred,
+        Jacobian rows): free of units, and each kept eigenvalue is known to about four
+        digits, so the kept dimension does not change with batch size, row order, threads or
+        machine (see ``docs/math.md``). A float: drop eigenvalues at most ``rtol`` times the
+        largest. ``rtol=0, atol=1e-15`` reproduces the reference implementation.
+    atol : float, default=0.0
+        Absolute floor of the truncation in eigenvalue units (which scale with the square of
+        the inputs); ``0`` keeps the rule free of units.
     n_stochastic_sources : int, default=None
         Replace the sum over output positions by this many random +-1 sources (paper
         appendix C); exact for position-wise segments. ``None``: exact sum.

@@ -15,6 +15,8 @@ __all__ = [
     "MomentAccumulator",
     "sorted_eigh",
     "n_significant",
+    "truncation_threshold",
+    "ROUNDOFF_SAFETY",
     "pca_basis",
     "rotate_basis",
     "LayerBasis",
@@ -85,15 +87,64 @@ def sorted_eigh(matrix: Tensor) -> tuple[Tensor, Tensor]:
     return values, (vectors * signs).T
 
 
-def n_significant(values: Tensor, rtol: float, atol: float) -> int:
-    """Number of eigenvalues above ``max(atol, rtol * largest)`` (values sorted descending).
+#: Safety factor of the default truncation: a kept eigenvalue must exceed the round-off bound
+#: of its matrix by this factor, so it is known to about four significant digits.
+ROUNDOFF_SAFETY = 1e4
 
-    A cut relative to the largest eigenvalue keeps the same directions on every machine when a
-    matrix is rank deficient; the absolute floor handles all-zero matrices.
+_EPS64 = float(torch.finfo(torch.float64).eps)
+
+
+def truncation_threshold(
+    values: Tensor,
+    rtol: float | None,
+    atol: float,
+    *,
+    mean_square: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+) -> float:
+    """Eigenvalues at or below this are negligible (``values``: the spectrum, descending).
+
+    ``rtol`` given: ``max(atol, rtol * lambda_max)``. ``rtol=None`` (the default of the
+    estimators): with ``d = len(values)``, ``eps_64`` and ``eps_dtype`` the machine epsilons of
+    float64 and of the forward passes, and ``mean_square`` the mean squared norm of the
+    (uncentred) vectors whose Gram matrix this is,
+
+        ``max(atol, 1e4 * d * (eps_64 * lambda_max + eps_dtype**2 * mean_square))``.
+
+    The first term is the round-off of a ``d x d`` Gram matrix accumulated and diagonalised
+    in float64 (eigenvalues are exact to about ``d eps_64 lambda_max``); the second, of
+    vectors computed in ``dtype`` (relative error ``eps_dtype`` per entry, so null directions
+    show up at ``eps_dtype**2`` times their squared norm). The factor ``1e4`` asks four
+    significant digits of every kept eigenvalue, which makes the cut independent of the
+    summation order (batch size, row order, threads, machine). Both terms scale with the
+    square of the inputs, so the kept dimension does not depend on their units.
     """
     if values.numel() == 0:
-        return 0
-    threshold = max(float(atol), float(rtol) * float(values[0]))
+        return float(atol)
+    largest = float(values[0])
+    if rtol is None:
+        eps = float(torch.finfo(dtype).eps)
+        return max(
+            float(atol),
+            ROUNDOFF_SAFETY * values.numel() * (_EPS64 * largest + eps**2 * float(mean_square)),
+        )
+    return max(float(atol), float(rtol) * largest)
+
+
+def n_significant(
+    values: Tensor,
+    rtol: float | None,
+    atol: float,
+    *,
+    mean_square: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+) -> int:
+    """Number of eigenvalues above :func:`truncation_threshold` (values sorted descending).
+
+    An all-zero spectrum keeps nothing (the threshold is then ``atol >= 0``), so callers can
+    raise a clear error instead of dividing by a zero eigenvalue.
+    """
+    threshold = truncation_threshold(values, rtol, atol, mean_square=mean_square, dtype=dtype)
     return int((values > threshold).sum())
 
 
@@ -142,22 +193,26 @@ def pca_basis(
     dim: int,
     *,
     whiten: bool,
-    rtol: float,
+    rtol: float | None,
     atol: float,
+    dtype: torch.dtype = torch.float64,
 ) -> LayerBasis:
     """PCA step of DESIGN.md section 5 on the non-fixed coordinates of a ``dim``-wide layer.
 
     ``C = [fixed ; D^{-1/2} U (f - mu f_0)]`` (or without ``D^{-1/2}`` when ``whiten=False``),
-    with negligible eigen-directions of ``G = covariance`` dropped.
+    with negligible eigen-directions of ``G = covariance`` dropped (:func:`truncation_threshold`,
+    ``dtype`` being that of the forward passes that produced the activations).
     """
     rotated = [j for j in range(dim) if j not in fixed]
     values, vectors = sorted_eigh(covariance)
-    k = n_significant(values, rtol, atol)
+    mean_square = float(torch.trace(covariance)) + float(mean @ mean)
+    k = n_significant(values, rtol, atol, mean_square=mean_square, dtype=dtype)
     if k == 0:
         raise ValueError(
             f"Every direction of layer {name!r} has negligible variance (largest eigenvalue "
-            f"{float(values[0]) if values.numel() else 0.0:.3g}); the activations are constant. "
-            "Check the data, or lower atol."
+            f"{float(values[0]) if values.numel() else 0.0:.3g}, mean square "
+            f"{mean_square:.3g}); the activations are constant up to round-off. Check the "
+            "data, or pass a smaller rtol (rtol=0 keeps every nonzero direction)."
         )
     values, U = values[:k], vectors[:k]
     scale = values.rsqrt() if whiten else torch.ones_like(values)
@@ -178,19 +233,26 @@ def pca_basis(
 
 
 def rotate_basis(
-    previous: LayerBasis, gram: Tensor, *, rtol: float, atol: float
+    previous: LayerBasis,
+    gram: Tensor,
+    *,
+    rtol: float | None,
+    atol: float,
+    dtype: torch.dtype = torch.float64,
 ) -> LayerBasis:
     """LIB step: ``C = Lambda^{1/2} V C_pca`` from the Jacobian Gram matrix ``M`` (DESIGN.md 5).
 
-    ``gram`` is ``M`` over the non-fixed whitened coordinates of ``previous``.
+    ``gram`` is ``M`` over the non-fixed whitened coordinates of ``previous``; ``dtype`` is that
+    of the Jacobians. Truncated by the same rule as the covariance (:func:`truncation_threshold`,
+    with the mean square ``trace(M)`` of the Jacobian rows).
     """
     values, V = sorted_eigh(gram)
-    k = n_significant(values, rtol, atol)
+    k = n_significant(values, rtol, atol, mean_square=float(torch.trace(gram)), dtype=dtype)
     if k == 0:
         raise ValueError(
             f"No direction of layer {previous.name!r} affects the next node layer (largest "
             f"Jacobian-Gram eigenvalue {float(values[0]) if values.numel() else 0.0:.3g}). "
-            "Check that the node layers are connected, or lower atol."
+            "Check that the node layers are connected, or pass a smaller rtol."
         )
     values, V = values[:k], V[:k]
     n_fixed = previous.n_fixed

@@ -7,13 +7,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._set_output import _get_output_config
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from sklearn_lib._common import (
     check_adapter,
+    check_array_input,
     check_finite,
     check_layers,
     iter_batches,
@@ -29,7 +36,7 @@ _BASIS_PARAMS = {
     "adapter": "no_validation",
     "layers": ["array-like", None],
     "rotate_final": ["boolean"],
-    "rtol": [Interval(Real, 0, 1, closed="left")],
+    "rtol": [Interval(Real, 0, 1, closed="left"), None],
     "atol": [Interval(Real, 0, None, closed="left")],
     "batch_size": [Interval(Integral, 1, None, closed="left")],
     "dtype": [StrOptions({"float32", "float64"})],
@@ -72,7 +79,7 @@ def fit_pca_bases(
     *,
     whiten: bool,
     rotate_final: bool,
-    rtol: float,
+    rtol: float | None,
     atol: float,
     batch_size: int,
     dtype,
@@ -103,12 +110,13 @@ def fit_pca_bases(
                 whiten=whiten and not final,
                 rtol=rtol,
                 atol=atol,
+                dtype=dtype,
             )
         )
     return bases
 
 
-class PCAWhitener(TransformerMixin, BaseEstimator):
+class PCAWhitener(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Centre, rotate onto principal axes, drop null directions and whiten.
 
     On a plain array of activations it is an ordinary scikit-learn transformer. Given a model
@@ -122,7 +130,20 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
 
         \\tilde f = D^{-1/2} U (f - \\mu)
 
-    keeping only directions whose eigenvalue exceeds ``max(atol, rtol * D_max)``.
+    keeping only directions whose eigenvalue ``D_k`` exceeds the truncation threshold. With
+    ``rtol=None`` (default) the threshold is relative to the data only,
+
+    .. math::
+
+        \\tau = 10^4\\, d\\, (\\epsilon_{64} D_{max} + \\epsilon^2 \\, E\\|f\\|^2),
+
+    with ``d`` the number of features, ``epsilon_64`` the float64 machine epsilon (round-off of
+    the Gram matrix accumulated in float64), ``epsilon`` that of the input dtype (float32 or
+    float64 arrays; with an adapter, of ``dtype``) and ``E||f||^2`` the mean squared norm of
+    the uncentred rows: each kept eigenvalue is known to about four digits, so the kept
+    dimension does not depend on the units of ``X``, the batch size, the row order, the number
+    of threads or the machine. A float ``rtol`` gives the threshold ``max(atol, rtol * D_max)``
+    instead. See ``docs/math.md`` (truncation).
 
     Parameters
     ----------
@@ -132,10 +153,14 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
         Rescale each direction to unit variance. ``"auto"``: whiten plain arrays, but not the
         node layers of a model (the PCA baseline of the LIB paper centres and rotates only;
         whitening an output layer reorders its IG edges).
-    rtol : float, default=1e-13
-        Directions with eigenvalue at most ``rtol`` times the largest are dropped.
-    atol : float, default=1e-15
-        Absolute floor of the truncation.
+    rtol : float or None, default=None
+        Relative truncation: directions with eigenvalue at most ``rtol`` times the largest are
+        dropped. ``None``: the round-off rule above (for float64 data about
+        ``2.2e-12 * n_features`` of the largest eigenvalue). ``0`` keeps every nonzero
+        direction.
+    atol : float, default=0.0
+        Absolute floor of the truncation, in the units of the eigenvalues (squared units of
+        ``X``); ``0`` (default) keeps the rule free of units.
     layers : list of str, default=None
         With an adapter: consecutive node layers to use (default: all of the adapter's).
     rotate_final : bool, default=True
@@ -155,8 +180,10 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
     components_ : ndarray of shape (n_components, n_features)
         Principal axes, sorted by decreasing variance, with deterministic signs.
     explained_variance_ : ndarray of shape (n_components,)
-    n_components_ : int
-        Kept directions (arrays); with an adapter, a dict ``layer -> int``.
+    n_components_ : dict of str to int
+        Kept directions per node layer, as in :class:`LocalInteractionBasis`; for plain arrays
+        the one entry ``{"X": n_components}``. One type in both modes, so code written for a
+        pipeline of either reads it the same way.
     n_features_in_ : int
     bases_ : list of LayerBasis
         With an adapter: the basis of every node layer.
@@ -176,7 +203,9 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
     >>> X = rng.normal(size=(500, 2)) @ [[2.0, 0.0, 1.0], [0.0, 1.0, 1.0]]  # rank 2 in 3-D
     >>> w = PCAWhitener().fit(X)
     >>> w.n_components_
-    2
+    {'X': 2}
+    >>> w.get_feature_names_out().tolist()
+    ['pcawhitener0', 'pcawhitener1']
     >>> bool(np.allclose(np.cov(w.transform(X).T, bias=True), np.eye(2)))
     True
     """
@@ -191,8 +220,8 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
         adapter=None,
         *,
         whiten="auto",
-        rtol=1e-13,
-        atol=1e-15,
+        rtol=None,
+        atol=0.0,
         layers=None,
         rotate_final=True,
         batch_size=256,
@@ -221,6 +250,8 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
 
     # -- plain arrays ---------------------------------------------------------------------
     def _validate_array(self, X, reset: bool):
+        if not hasattr(X, "iloc"):  # DataFrames go to validate_data as they are (column names)
+            X = check_array_input(X, type(self).__name__)
         Xa = X if hasattr(X, "ndim") else np.asarray(X)
         shape = None
         if getattr(Xa, "ndim", 2) == 3:
@@ -236,18 +267,55 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
                 f"PCAWhitener needs at least 2 samples to estimate a covariance; got "
                 f"n_samples = {mom.count} (1 sample)."
             )
-        values, vectors = sorted_eigh(mom.covariance())
-        k = n_significant(values, self.rtol, self.atol)
+        covariance = mom.covariance()
+        values, vectors = sorted_eigh(covariance)
+        mean_square = float(torch.trace(covariance)) + float(mom.mean @ mom.mean)
+        k = n_significant(values, self.rtol, self.atol, mean_square=mean_square,
+                          dtype=self._input_dtype)
         if k == 0:
             raise ValueError(
-                "Every direction has negligible variance (the data are constant); there is "
-                "nothing to whiten. Check the data, or lower atol."
+                "Every direction has negligible variance (the data are constant up to "
+                "round-off); there is nothing to whiten. Check the data, or pass a smaller "
+                "rtol (rtol=0 keeps every nonzero direction)."
             )
         self.mean_ = mom.mean.numpy()
         self.components_ = vectors[:k].numpy()
         self.explained_variance_ = values[:k].numpy()
-        self.n_components_ = k
+        self.n_components_ = {"X": k}
         self.n_samples_seen_ = mom.count
+
+    def _update_moments(self, X) -> None:
+        """Fold validated rows into the float64 moments; remember the least precise dtype."""
+        dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+        if getattr(self, "_input_dtype", torch.float64) == torch.float32:
+            dtype = torch.float32
+        self._input_dtype = dtype
+        self._moments.update(torch.tensor(np.asarray(X), dtype=torch.float64))
+
+    @property
+    def _n_features_out(self) -> int:
+        """Width of ``transform`` on plain arrays (used by ``get_feature_names_out``)."""
+        return self.components_.shape[0]
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names ``pcawhitener0, pcawhitener1, ...`` (plain arrays).
+
+        Parameters
+        ----------
+        input_features : array-like of str or None, default=None
+            Checked against the names seen in ``fit``; otherwise unused.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        if self.adapter is not None:
+            raise AttributeError(
+                "get_feature_names_out is defined for plain arrays; with an adapter, transform "
+                "returns an InteractionGraph (use graph.node_names() or LayerFeatures)."
+            )
+        check_is_fitted(self, "components_")
+        return super().get_feature_names_out(input_features)
 
     def partial_fit(self, X, y=None):
         """Add a batch to the streaming mean and covariance (float64), then refit the basis.
@@ -270,10 +338,12 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
         first = not hasattr(self, "_moments")
         if first:
             self._validate_params()
+            resolve_device(self.device, type(self).__name__)
         X, _ = self._validate_array(X, reset=first)
         if first:
             self._moments = MomentAccumulator()
-        self._moments.update(torch.tensor(np.asarray(X), dtype=torch.float64))
+            self._input_dtype = torch.float64
+        self._update_moments(X)
         if self._moments.count >= 2:
             self._finish_array_fit()
         return self
@@ -293,13 +363,16 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
         -------
         self : PCAWhitener
         """
-        for attr in ("_moments", "bases_", "layers_"):
+        for attr in ("_moments", "_input_dtype", "bases_", "layers_", "components_", "mean_",
+                     "explained_variance_", "n_samples_seen_"):
             self.__dict__.pop(attr, None)
         if self.adapter is not None:
             return self._fit_adapter(X)
+        resolve_device(self.device, type(self).__name__)
         X, _ = self._validate_array(X, reset=True)
         self._moments = MomentAccumulator()
-        self._moments.update(torch.tensor(np.asarray(X), dtype=torch.float64))
+        self._input_dtype = torch.float64
+        self._update_moments(X)
         self._finish_array_fit()
         return self
 
@@ -318,13 +391,19 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
         """
         if self.adapter is not None:
             check_is_fitted(self, "bases_")
-            X = self.adapter.check_input(X)
+            X = self.adapter.check_input(check_array_input(X, type(self).__name__))
             return InteractionGraph(
                 layers=self.layers_, bases=tuple(self.bases_), basis="pca",
                 adapter=self.adapter, X=X,
             )
         check_is_fitted(self, "components_")
         X, shape = self._validate_array(X, reset=False)
+        if shape is not None and _get_output_config("transform", self)["dense"] != "default":
+            raise ValueError(
+                f"set_output(transform={_get_output_config('transform', self)['dense']!r}) needs "
+                f"2-D output, but X has positions (shape {shape}). Reshape X to (n_samples * "
+                "n_positions, n_features) first, or use set_output(transform='default')."
+            )
         out = (X - self.mean_.astype(X.dtype)) @ self.components_.T.astype(X.dtype)
         if self._whitens():
             out = out / np.sqrt(self.explained_variance_).astype(X.dtype)
@@ -345,10 +424,11 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
         X = np.asarray(X)
         shape = X.shape if X.ndim == 3 else None
         X2 = X.reshape(-1, X.shape[-1]) if shape else X
-        if X2.ndim != 2 or X2.shape[1] != self.n_components_:
+        k = self.components_.shape[0]
+        if X2.ndim != 2 or X2.shape[1] != k:
             raise ValueError(
-                f"inverse_transform expects {self.n_components_} features (n_components_); got "
-                f"shape {X.shape}."
+                f"inverse_transform expects {k} features (n_components_); got shape "
+                f"{X.shape}."
             )
         if self._whitens():
             X2 = X2 * np.sqrt(self.explained_variance_)
@@ -360,8 +440,9 @@ class PCAWhitener(TransformerMixin, BaseEstimator):
     def _fit_adapter(self, X):
         adapter = check_adapter(self.adapter, type(self).__name__)
         layers = check_layers(adapter, self.layers, type(self).__name__)
-        X = adapter.check_input(X)
-        dtype, device = resolve_dtype(self.dtype), resolve_device(self.device)
+        dtype = resolve_dtype(self.dtype)
+        device = resolve_device(self.device, type(self).__name__)
+        X = adapter.check_input(check_array_input(X, type(self).__name__))
         self.bases_ = fit_pca_bases(
             adapter, X, layers, whiten=self._whitens(), rotate_final=self.rotate_final,
             rtol=self.rtol, atol=self.atol, batch_size=self.batch_size, dtype=dtype,

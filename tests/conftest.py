@@ -14,11 +14,22 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 from torch import nn
 
 from sklearn_lib.adapters import MLPAdapter
 
 torch.set_num_threads(1)
+
+# Property tests draw the same examples on every run (derandomize), so a failure reproduces
+# from the test name alone. CI (the CI variable set, as CI services do) adds no example
+# database and prints the failing example's reproduction blob.
+settings.register_profile("default", derandomize=True, deadline=None)
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 @pytest.fixture(autouse=True)

@@ -187,7 +187,9 @@ def test_protocol_clone_and_input_checks():
     assert clone(LocalInteractionBasis(adapter)).adapter is adapter
     assert "node_layers=['input', '1', '2']" in repr(adapter)
     X = np.random.default_rng(0).normal(size=(3, 4))
-    assert adapter.check_input(X) is not None and adapter.check_input(X).shape == (3, 4)
+    checked = adapter.check_input(X)
+    assert isinstance(checked, np.ndarray) and checked.dtype == np.float64
+    np.testing.assert_array_equal(checked, X)
     t = torch.as_tensor(X)
     assert isinstance(adapter.check_input(t), torch.Tensor)
     # Integer inputs are numeric and accepted (converted on the forward pass).

@@ -19,6 +19,8 @@ MODULES = [
     "sklearn_lib.tasks._modular_addition",
     "sklearn_lib.tasks._fourier",
     "sklearn_lib.tasks._presets",
+    "sklearn_lib.tasks._text",
+    "sklearn_lib.tasks._lm_models",
 ]
 
 

@@ -362,7 +362,7 @@ def test_graph_step_parameter_validation(graphs, make, message):
                                   "the range [1, inf) or None. Got 0 instead."),
     ({"batch_size": 0}, "The 'batch_size' parameter of {} must be an int in the range [1, inf)."),
     ({"chunk_size": -1}, "The 'chunk_size' parameter of {} must be an int in the range"),
-    ({"rtol": 1.0}, "The 'rtol' parameter of {} must be a float in the range [0.0, 1.0). Got 1.0"),
+    ({"rtol": 1.0}, "The 'rtol' parameter of {} must be a float in the range [0.0, 1.0) or None. Got 1.0"),
     ({"atol": -1.0}, "The 'atol' parameter of {} must be a float in the range [0.0, inf)"),
     ({"dtype": "float16"}, "The 'dtype' parameter of {} must be a str among"),
     ({"rotate_final": "yes"}, "The 'rotate_final' parameter of {} must be an instance of 'bool'"),

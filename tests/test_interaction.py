@@ -24,7 +24,8 @@ from sklearn_lib import (
 )
 from sklearn_lib.adapters import MLPAdapter
 
-RTOL = 1e-10  # the estimators' default truncation
+RTOL = 1e-10  # plain relative cut of the reference; no eigenvalue here lies between it and the
+# estimators' default (about 2.2e-12 * d of the largest), so both keep the same directions
 
 
 # -- the reference ---------------------------------------------------------------------------
@@ -363,3 +364,142 @@ def test_edges_invariant_under_reparametrisation(reparam_setup, seed):
     pca1 = PCAWhitener(MLPAdapter(model)).fit(X).bases_[1].eigenvalues
     pca2 = PCAWhitener(MLPAdapter(new)).fit(X).bases_[1].eigenvalues
     assert not np.allclose(pca1, pca2, rtol=1e-3)
+
+
+# -- input classes -------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [LocalInteractionBasis, GlobalInteractionBasis, PCAWhitener])
+def test_model_inputs_sparse_complex_strides_read_only(tiny, cls):
+    model, X, _ = tiny
+    adapter = MLPAdapter(model)
+    name = cls.__name__
+    sp = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match=f"{name} does not accept sparse matrices .*toarray"):
+        cls(adapter).fit(sp.csr_matrix(X))
+    with pytest.raises(ValueError, match=f"Complex data not supported by {name}"):
+        cls(adapter).fit(X.astype(np.complex128))
+    with pytest.raises(ValueError, match=f"Complex data not supported by {name}"):
+        cls(adapter).fit(torch.as_tensor(X, dtype=torch.complex128))
+    # Negative strides (torch cannot wrap them) and read-only arrays are copied, not refused.
+    flipped = X[::-1]
+    frozen = X.copy()
+    frozen.flags.writeable = False
+    ref = cls(adapter).fit(np.ascontiguousarray(flipped))
+    est = cls(adapter).fit(flipped)
+    for b, r in zip(est.bases_, ref.bases_):
+        np.testing.assert_array_equal(b.C, r.C)
+    graph = est.transform(flipped)
+    assert graph.X.flags.c_contiguous and graph.X.strides[0] > 0
+    np.testing.assert_array_equal(graph.X, np.ascontiguousarray(flipped))
+    est.fit(frozen)
+    assert not frozen.flags.writeable
+    with pytest.raises(ValueError, match=f"Complex data not supported by {name}"):
+        est.transform(X + 0j)
+
+
+@pytest.mark.parametrize("device", ["gpu0", 3.5, "cuda:0"])
+def test_device_is_validated_at_fit_for_every_estimator(tiny, device):
+    model, X, _ = tiny
+    adapter = MLPAdapter(model)
+    y = model_labels(model, X)
+    graph = IGEdgeScorer().fit_transform(LocalInteractionBasis(adapter).fit_transform(X))
+    if device == "cuda:0" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+
+    def match(owner):
+        if device == "cuda:0":
+            return r"device='cuda:0' was requested but CUDA is not available; use device='cpu'."
+        return (rf"The 'device' parameter{owner} must be a torch.device or a device string such "
+                rf"as 'cpu', 'cuda' or 'cuda:0'. Got {device!r} instead.")
+
+    for cls in (LocalInteractionBasis, GlobalInteractionBasis, PCAWhitener):
+        with pytest.raises(ValueError, match=match(f" of {cls.__name__}")):
+            cls(adapter, device=device).fit(X)
+    # The graph steps share the check (their own files name no owner yet).
+    with pytest.raises(ValueError, match=match("( of IGEdgeScorer)?")):
+        IGEdgeScorer(device=device).fit(graph)
+    with pytest.raises(ValueError, match=match("( of EdgeAblationSearch)?")):
+        EdgeAblationSearch(device=device).fit(graph, y)
+
+
+# -- LayerFeatures -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def positions_graph():
+    """A PCA graph of a one-layer transformer: node layers with 4 positions."""
+    pytest.importorskip("transformer_lens")
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from sklearn_lib.adapters import HookedTransformerAdapter
+
+    cfg = HookedTransformerConfig(n_layers=1, d_model=8, d_head=4, n_heads=2, d_mlp=16, n_ctx=4,
+                                  d_vocab=7, act_fn="relu", normalization_type=None, seed=0,
+                                  dtype=torch.float64, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg).eval()
+    adapter = HookedTransformerAdapter(model)
+    X = np.random.default_rng(0).integers(0, 7, size=(40, 4))
+    return PCAWhitener(adapter).fit_transform(X)
+
+
+def test_layer_features_width_matches_transform(positions_graph, tiny):
+    from sklearn_lib import LayerFeatures
+
+    graph = positions_graph
+    layer = graph.layers[1]
+    n_feat = graph.basis_of(layer).n_features
+    for kwargs, width in [({}, 4 * (n_feat - 1)), ({"include_constant": True}, 4 * n_feat),
+                          ({"position": -1}, n_feat - 1), ({"position": 0,
+                                                            "include_constant": True}, n_feat)]:
+        lf = LayerFeatures(layer, **kwargs).fit(graph)
+        out = lf.transform(graph)
+        assert lf.n_positions_ == 4
+        assert lf.n_features_out_ == width == out.shape[1], kwargs
+    # Flattening is position-major: the last block is position -1.
+    flat = LayerFeatures(layer).fit_transform(graph)
+    np.testing.assert_array_equal(flat[:, -(n_feat - 1):],
+                                  LayerFeatures(layer, position=-1).fit_transform(graph))
+    # A graph with other bases has another width: transform refuses it.
+    model, X, _ = tiny
+    other = PCAWhitener(MLPAdapter(model)).fit_transform(X)
+    lf = LayerFeatures("input").fit(other)
+    assert lf.n_positions_ == 1 and lf.n_features_out_ == other.bases[0].n_features - 1
+    lf_wide = LayerFeatures("input", include_constant=True).fit(other)
+    narrower = other.replace(bases=(other.bases[0].__class__(
+        "input", other.bases[0].C[:2], other.bases[0].C_pinv[:, :2],
+        other.bases[0].eigenvalues[:1], 1),) + other.bases[1:])
+    with pytest.raises(ValueError, match="LayerFeatures was fitted on a graph with 4; refit"):
+        lf_wide.transform(narrower)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"position": 4}, r"position=4 is out of range for layer 'blocks.0.hook_resid_mid', which "
+                      r"has 4 position\(s\); use an int in \[-4, 3\] or position=None"),
+    ({"position": -5}, r"position=-5 is out of range"),
+    ({"position": True}, r"The 'position' parameter of LayerFeatures must be an int or None. "
+                         r"Got True instead."),
+    ({"position": 1.0}, r"The 'position' parameter of LayerFeatures must be an int"),
+    ({"include_constant": "yes"}, r"The 'include_constant' parameter of LayerFeatures must be"),
+    ({"batch_size": 0}, r"The 'batch_size' parameter of LayerFeatures must be an int in the "
+                        r"range \[1, inf\)"),
+])
+def test_layer_features_validates_its_parameters(positions_graph, kwargs, match):
+    from sklearn_lib import LayerFeatures
+
+    with pytest.raises(ValueError, match=match):
+        LayerFeatures("blocks.0.hook_resid_mid", **kwargs).fit(positions_graph)
+
+
+def test_layer_features_needs_a_fitted_state_and_a_str_layer(positions_graph):
+    from sklearn.exceptions import NotFittedError
+
+    from sklearn_lib import LayerFeatures
+
+    with pytest.raises(ValueError, match="The 'layer' parameter of LayerFeatures must be an "
+                                         "instance of 'str'"):
+        LayerFeatures(3).fit(positions_graph)
+    with pytest.raises(NotFittedError, match="This LayerFeatures instance is not fitted yet"):
+        LayerFeatures("blocks.0.hook_resid_mid").transform(positions_graph)
+    with pytest.raises(ValueError, match="LayerFeatures needs X in the InteractionGraph"):
+        LayerFeatures("blocks.0.hook_resid_mid").fit(positions_graph.replace(X=None))

@@ -379,7 +379,9 @@ def test_protocol_clone_and_repr():
 def test_check_input_accepts_numpy_and_torch():
     adapter = HookedTransformerAdapter(make_model())
     X = np.array([[1, 2, 3]], dtype=np.int32)
-    assert adapter.check_input(X) is not None
+    checked = adapter.check_input(X)
+    assert isinstance(checked, np.ndarray) and checked.dtype == np.int32  # unchanged, not copied
+    np.testing.assert_array_equal(checked, X)
     assert isinstance(adapter.check_input(torch.as_tensor(X)), torch.Tensor)
     acts = adapter.activations(X, ["logits"], **F64)
     assert acts["logits"].shape == (1, 3, 1 + D_VOCAB)

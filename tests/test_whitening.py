@@ -36,14 +36,14 @@ def test_whitened_output_has_identity_covariance(seed, n, d, spread):
     X = _random_data(seed, n, d, spread)
     w = PCAWhitener().fit(X)
     Z = w.transform(X)
-    assert Z.shape == (n, w.n_components_)
+    assert Z.shape == (n, w.n_components_["X"])
     np.testing.assert_allclose(Z.mean(0), 0.0, atol=1e-8)
     cov = (Z - Z.mean(0)).T @ (Z - Z.mean(0)) / n  # normalised by n, as in DESIGN.md 5
-    np.testing.assert_allclose(cov, np.eye(w.n_components_), atol=1e-8)
+    np.testing.assert_allclose(cov, np.eye(w.n_components_["X"]), atol=1e-8)
     # Explained variances are sorted and match the covariance spectrum of the data.
     assert np.all(np.diff(w.explained_variance_) <= 0)
     spectrum = np.sort(np.linalg.eigvalsh(np.cov(X.T, bias=True).reshape(d, d)))[::-1]
-    np.testing.assert_allclose(w.explained_variance_, spectrum[: w.n_components_], rtol=1e-8,
+    np.testing.assert_allclose(w.explained_variance_, spectrum[: w.n_components_["X"]], rtol=1e-8,
                                atol=1e-12 * spectrum[0])
 
 
@@ -54,7 +54,7 @@ def test_matches_sklearn_pca_up_to_sign(seed, n, d):
     w = PCAWhitener().fit(X)
     # sklearn's PCA normalises the variance by n - 1; PCAWhitener by n (DESIGN.md 5).
     pca = PCA(whiten=True, svd_solver="full").fit(X)
-    assert w.n_components_ == d
+    assert w.n_components_["X"] == d
     np.testing.assert_allclose(w.mean_, pca.mean_, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(w.explained_variance_ * n / (n - 1), pca.explained_variance_,
                                rtol=1e-8)
@@ -81,7 +81,7 @@ def test_subspace_gives_exactly_k_components(k, noise):
     X = rng.normal(size=(n, k)) @ rng.normal(size=(k, d)) + 5.0
     X = X + noise * rng.normal(size=X.shape)
     w = PCAWhitener().fit(X)
-    assert w.n_components_ == k
+    assert w.n_components_["X"] == k
     assert w.components_.shape == (k, d)
     Z = w.transform(X)
     np.testing.assert_allclose(Z.T @ Z / n, np.eye(k), atol=1e-6)
@@ -137,7 +137,7 @@ def test_inverse_transform_round_trip_on_kept_subspace(whiten):
     basis = rng.normal(size=(2, 5))
     X = rng.normal(size=(120, 2)) @ basis + 3.0
     w = PCAWhitener(whiten=whiten).fit(X)
-    assert w.n_components_ == 2
+    assert w.n_components_["X"] == 2
     np.testing.assert_allclose(w.inverse_transform(w.transform(X)), X, atol=1e-10)
     # Off the subspace, inverse_transform(transform(.)) is the orthogonal projection onto it.
     Y = rng.normal(size=(10, 5))
@@ -216,3 +216,92 @@ def test_moment_accumulators_merge_like_one_pass():
     torch.testing.assert_close(a.mean, rows.mean(0))
     torch.testing.assert_close(a.covariance(), torch.cov(rows.T, correction=0))
     torch.testing.assert_close(a.covariance(), whole.covariance())
+
+
+# -- input classes --------------------------------------------------------------------------------
+def test_sparse_input_is_rejected_with_the_fix():
+    sp = pytest.importorskip("scipy.sparse")
+    X = _random_data(0, 30, 4, 1.0)
+    with pytest.raises(TypeError, match=r"PCAWhitener does not accept sparse matrices \(got "
+                                        r"csr_matrix\); .*X\.toarray\(\)"):
+        PCAWhitener().fit(sp.csr_matrix(X))
+    w = PCAWhitener().fit(X)
+    with pytest.raises(TypeError, match=r"does not accept sparse matrices.*toarray"):
+        w.transform(sp.csr_array(X))
+
+
+def test_complex_input_is_rejected():
+    X = _random_data(0, 30, 4, 1.0)
+    with pytest.raises(ValueError, match=r"Complex data not supported by PCAWhitener \(got dtype "
+                                         r"complex128\); pass the real part"):
+        PCAWhitener().fit(X + 1j)
+    with pytest.raises(ValueError, match="Complex data not supported by PCAWhitener"):
+        PCAWhitener().fit(X).transform(X.astype(np.complex64))
+
+
+def test_negative_strides_and_read_only_arrays_are_copied():
+    X = _random_data(4, 60, 5, 1.0)
+    flipped = X[::-1, ::-1]
+    assert any(s < 0 for s in flipped.strides)
+    frozen = X.copy()
+    frozen.flags.writeable = False
+    ref = PCAWhitener().fit(np.ascontiguousarray(flipped))
+    got = PCAWhitener().fit(flipped)
+    np.testing.assert_array_equal(got.components_, ref.components_)
+    np.testing.assert_array_equal(got.transform(flipped), ref.transform(flipped))
+    w = PCAWhitener().fit(frozen)
+    np.testing.assert_array_equal(w.transform(frozen), PCAWhitener().fit(X).transform(X))
+    assert not frozen.flags.writeable  # the caller's array is untouched
+
+
+def test_feature_names_and_pandas_output():
+    X = _random_data(1, 50, 4, 1.0)
+    w = PCAWhitener().fit(X)
+    names = w.get_feature_names_out()
+    assert names.tolist() == [f"pcawhitener{i}" for i in range(w.n_components_["X"])]
+    pd = pytest.importorskip("pandas")
+    out = PCAWhitener().set_output(transform="pandas").fit(X).transform(X)
+    assert isinstance(out, pd.DataFrame)
+    assert out.columns.tolist() == names.tolist()
+    np.testing.assert_allclose(out.to_numpy(), w.transform(X))
+    X3 = X.reshape(10, 5, 4)
+    with pytest.raises(ValueError, match=r"set_output\(transform='pandas'\) needs 2-D output, "
+                                         r"but X has positions \(shape \(10, 5, 4\)\)"):
+        PCAWhitener().set_output(transform="pandas").fit(X3).transform(X3)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    w2 = PCAWhitener().fit(frame)
+    assert w2.feature_names_in_.tolist() == list("abcd")
+    with pytest.raises(ValueError, match="input_features is not equal to feature_names_in_"):
+        w2.get_feature_names_out(["a", "b", "c", "x"])
+
+
+def test_n_components_is_a_dict_in_both_modes():
+    import torch
+    from torch import nn
+
+    from sklearn_lib.adapters import MLPAdapter
+
+    X = _random_data(2, 60, 4, 1.0)
+    assert PCAWhitener().fit(X).n_components_ == {"X": 4}
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double()
+    torch.manual_seed(0)
+    w = PCAWhitener(MLPAdapter(mlp)).fit(X)
+    assert isinstance(w.n_components_, dict) and set(w.n_components_) == {"input", "1", "2"}
+    assert w.n_components_ == {b.name: b.n_components for b in w.bases_}
+    with pytest.raises(AttributeError, match="get_feature_names_out is defined for plain arrays"):
+        w.get_feature_names_out()
+
+
+@pytest.mark.parametrize("device, match", [
+    ("gpu0", r"The 'device' parameter of PCAWhitener must be a torch.device or a device string "
+             r"such as 'cpu', 'cuda' or 'cuda:0'. Got 'gpu0' instead."),
+    (3.5, r"The 'device' parameter of PCAWhitener must be .* Got 3.5 instead."),
+    (None, r"The 'device' parameter of PCAWhitener must be .* Got None instead."),
+])
+def test_device_is_validated_at_fit(device, match):
+    X = _random_data(0, 30, 3, 1.0)
+    w = PCAWhitener(device=device)  # __init__ stores only
+    with pytest.raises(ValueError, match=match):
+        w.fit(X)
+    with pytest.raises(ValueError, match=match):
+        PCAWhitener(device=device).partial_fit(X)

@@ -28,6 +28,15 @@ _EXPORTS: dict[str, str] = {
     "fourier_label": "sklearn_lib.tasks._fourier",
     "fourier_terms": "sklearn_lib.tasks._fourier",
     "monosemanticity": "sklearn_lib.tasks._fourier",
+    "TextWindows": "sklearn_lib.tasks._text",
+    "load_fortunes": "sklearn_lib.tasks._text",
+    "load_text_windows": "sklearn_lib.tasks._text",
+    "make_token_windows": "sklearn_lib.tasks._text",
+    "split_documents": "sklearn_lib.tasks._text",
+    "load_smollm2": "sklearn_lib.tasks._lm_models",
+    "load_tiny_lm": "sklearn_lib.tasks._lm_models",
+    "smollm2_gguf_path": "sklearn_lib.tasks._lm_models",
+    "tiny_lm_results": "sklearn_lib.tasks._lm_models",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -52,8 +61,21 @@ if TYPE_CHECKING:
         modular_addition_split,
         shipped_modadd_checkpoint,
     )
+    from sklearn_lib.tasks._lm_models import (
+        load_smollm2,
+        load_tiny_lm,
+        smollm2_gguf_path,
+        tiny_lm_results,
+    )
     from sklearn_lib.tasks._presets import ExperimentPreset, digits_mlp_preset, modadd_preset
     from sklearn_lib.tasks._presets import lm_block_cuts, lm_preset
+    from sklearn_lib.tasks._text import (
+        TextWindows,
+        load_fortunes,
+        load_text_windows,
+        make_token_windows,
+        split_documents,
+    )
 
 
 def __getattr__(name: str) -> Any:
