@@ -1,4 +1,4 @@
-"""Command line: ``sklearn-lib demo`` and ``sklearn-lib modadd``. A thin layer over the estimators.
+"""Command line: ``sklearn-lib demo``, ``sklearn-lib modadd`` and ``sklearn-lib lm``. A thin layer over the estimators.
 
 Only the standard library is imported at the top of the command-line modules, so ``--help``
 and argument errors answer at once; torch, scikit-learn and matplotlib load when the work
@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sklearn-lib",
         description="The Local Interaction Basis (arXiv:2405.10928) as scikit-learn "
-                    "estimators: run the digits demo or the paper's modular-addition experiment.",
+                    "estimators: run the digits demo, the paper's modular-addition experiment "
+                    "or its language-model experiment.",
         formatter_class=_HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,modadd,lm}")
