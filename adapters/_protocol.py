@@ -9,7 +9,9 @@ between them. Every node layer carries a leading constant coordinate equal to 1 
 :class:`ModelAdapter` is what every adapter must have. Two methods are optional, each with
 its own protocol: :class:`SupportsCompositeSegment` (closed-form Jacobians and ablation,
 returning a :class:`CompositeSegmentLike`) and :class:`SupportsReferenceForward` (the model's
-own forward, which :func:`~sklearn_lib.adapters.verify_forward` compares the chain with).
+own forward, which :func:`~sklearn_lib.adapters.verify_forward` compares the chain with). A
+third, ``is_norm_division(layer)``, tells :class:`~sklearn_lib.IGEdgeScorer` which segments
+divide by a norm's scale (see :class:`ModelAdapter`).
 :func:`~sklearn_lib.adapters.check_adapter` runs the whole contract.
 """
 
@@ -52,8 +54,14 @@ class ModelAdapter(Protocol):
     - ``fixed_features(l)`` starts with 0 and lies in ``[0, 1 + d)``;
     - ``__sklearn_clone__()`` returns ``self``.
 
-    Optional: ``composite_segment`` (:class:`SupportsCompositeSegment`) and
-    ``reference_forward`` (:class:`SupportsReferenceForward`).
+    Optional: ``composite_segment`` (:class:`SupportsCompositeSegment`),
+    ``reference_forward`` (:class:`SupportsReferenceForward`) and
+    ``is_norm_division(layer) -> bool``: whether the segment after ``layer`` divides by a
+    norm's scale (the "ln out" step of a layer norm or RMSNorm). Such a segment is homogeneous
+    of degree 0, so integrated gradients from the origin cannot be complete on it;
+    :class:`~sklearn_lib.IGEdgeScorer` still reports its ``completeness_errors_`` but does
+    not warn about them. Without the method every segment is expected to be complete (a
+    large error warns). ``TransformerAdapter`` implements it.
 
     Attributes
     ----------

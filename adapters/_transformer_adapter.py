@@ -2,7 +2,8 @@
 
 The cuts, segments and architectures are in ``adapters/_transformer_sequential.py``; this module
 holds the adapter over them (node layers, activations, segments, closed forms, the metric's
-forward pass) and a first-batch fidelity check.
+forward pass) and, for adapters built from a model object, the model's own forward that the
+first batch is checked against (:func:`~sklearn_lib.adapters.verify_forward`).
 """
 
 from __future__ import annotations
@@ -14,51 +15,37 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sklearn_lib.adapters._check import default_rtol, verify_forward
 from sklearn_lib.adapters._transformer_sequential import ACTIVATIONS, _embed, _plan, _span
 from sklearn_lib.adapters._transformer_weights import TransformerWeights
 
 __all__ = ["TransformerAdapter"]
 
 
-def _check_first_batch(adapter: "TransformerAdapter", X: Any, reference: Tensor, *,
-                      rtol: float = 1e-5, atol: float = 1e-5) -> float:
-    """Compare the chain of the adapter's segments with the model's own logits on a batch.
+#: Relative tolerance of the first-batch check for a model that computes a step in float32
+#: whatever its dtype: about 100 float32 round-offs (eps = 1.2e-7). Measured, relative to the
+#: largest logit, between such a model's own float64 forward and the exact float64 chain:
+#: 8e-8 (2-block random Llama), 1.6e-7 (6 blocks), 3.9e-7 (SmolLM2-135M, 30 blocks, 16
+#: positions); a reader that ignores the rotary base (1e4 for 1e5) differs by 6e-5 on a
+#: 2-block Llama at 9 positions.
+FLOAT32_STEP_RTOL = 1e-5
 
-    Chains :meth:`TransformerAdapter.segment` over every node layer from the embedding cut,
-    in the dtype of ``reference`` (the model's own logits, shape ``(batch, pos, d_vocab_out)``),
-    and raises ``ValueError`` if they differ by more than ``atol + rtol * |reference|``.
+#: Rows of the first batch that :meth:`TransformerAdapter.activations` compares with the model.
+_VERIFY_ROWS = 16
 
-    Returns
-    -------
-    max_abs_error : float
+
+def _rounds_through_float32(model: Any) -> bool:
+    """Whether the model's forward computes a step in float32 whatever its dtype.
+
+    ``transformers``' RMSNorm modules (Llama, Mistral, Qwen2, ...) cast their input to float32,
+    so a float64 model is only float32-accurate there; a ``TransformerBridge`` wraps the same
+    modules.
     """
-    if adapter.last_position_from is not None or adapter.node_layers[-1] != "logits":
-        raise ValueError(
-            "_check_first_batch needs an adapter whose last node layer is 'logits' at every "
-            "position (no last_position_from)."
-        )
-    reference = reference.detach()
-    kw = dict(dtype=reference.dtype, device=reference.device)
-    layers = adapter.node_layers
-    with torch.no_grad():
-        f = adapter.activations(X, layers[:1], **kw)[layers[0]]
-        for layer in layers[:-1]:
-            f = adapter.segment(layer, **kw)(f)
-    logits = f[..., 1:]
-    if logits.shape != reference.shape:
-        raise ValueError(
-            f"The adapter's logits have shape {tuple(logits.shape)}, the model's "
-            f"{tuple(reference.shape)}: the reader does not match the model."
-        )
-    err = (logits - reference).abs()
-    bad = err > atol + rtol * reference.abs()
-    if bool(bad.any()):
-        raise ValueError(
-            f"The adapter's segments do not reproduce the model's forward: max abs error "
-            f"{float(err.max()):.3g} (rtol={rtol}, atol={atol}). The reader misses a feature of "
-            "this architecture; please report it with the model's config."
-        )
-    return float(err.max())
+    modules = getattr(model, "modules", None)
+    if not callable(modules):
+        return False
+    return any(type(m).__name__.endswith("RMSNorm")
+               and type(m).__module__.startswith("transformers.") for m in modules())
 
 
 # -- the adapter -----------------------------------------------------------------------------
@@ -74,6 +61,28 @@ class TransformerAdapter:
 
     Weights are cast once per ``(dtype, device)`` and cached; re-create the adapter after
     changing the model's weights.
+
+    **First-batch check.** An adapter built from a model object (:meth:`from_hf`,
+    :meth:`from_hooked_transformer`, :meth:`from_bridge`, or ``HookedTransformerAdapter`` of a
+    ``HookedTransformer``) keeps the model and has :attr:`reference_forward`, the model's own
+    forward. The first batch :meth:`activations` sees (its first 16 sequences) is pushed
+    through the chained segments and compared with it by
+    :func:`~sklearn_lib.adapters.verify_forward`; a difference beyond the tolerance raises
+    ``ValueError`` naming the largest difference (a reader that misses a feature of the
+    architecture, a model in training mode, a forward hook). The tolerance is ``sqrt(eps)`` of
+    the computation dtype relative to the largest logit (1.5e-8 in float64), except for models
+    that compute a step in float32 whatever their dtype (``transformers``' RMSNorm in
+    Llama-family models, a ``TransformerBridge`` around one, and a float32 transformer_lens
+    ``HookedTransformer``, which casts its attention pattern to ``cfg.dtype``; see
+    :meth:`reference_rtol`): their own float64 forward is
+    only float32-accurate (measured, relative to the largest logit: 8e-8 for a 2-block random
+    Llama, 1.6e-7 for a 6-block one, 3.9e-7 for SmolLM2-135M), so they are compared at
+    ``1e-5``, about 100 float32 round-offs, still below what a reader error changes (the
+    wrong rotary base: 6e-5 on a 2-block random Llama; a dropped bias: about 1e-1).
+    An adapter built from plain :class:`TransformerWeights` (or from a ``LoadedTransformer``,
+    a checkpoint read by our own reader) has no independent model to compare with: it has no
+    ``reference_forward`` and does not check; the readers' tests
+    (``tests/test_transformer_readers.py``) are the check for those.
 
     Parameters
     ----------
@@ -112,6 +121,15 @@ class TransformerAdapter:
     Attributes
     ----------
     weights : TransformerWeights
+    model : object or None
+        The model the weights were read from (``None`` for plain weights).
+    reference_forward : callable
+        Only for an adapter built from a model object:
+        ``reference_forward(X, *, dtype, device)``, the model's own forward returning what
+        :meth:`forward_from` returns (see :meth:`_reference_forward`). Absent for plain
+        weights and a ``LoadedTransformer``, which have no independent model, so
+        ``isinstance(adapter, SupportsReferenceForward)`` is ``False`` and
+        :func:`~sklearn_lib.adapters.check_adapter` reports that check as skipped.
     node_layers : tuple of str
     cuts : tuple of str
         Every cut's canonical name, in forward order.
@@ -165,7 +183,7 @@ class TransformerAdapter:
                    skip_positions)
 
     def _init(self, weights, node_layers, last_position_from, metric, label_position,
-              skip_positions=0) -> None:
+              skip_positions=0, model: Any = None, source: str | None = None) -> None:
         # Validation here, as MLPAdapter does: an adapter is a view of a model, not an
         # estimator, and a wrong cut name should fail where it is written.
         if metric not in ("accuracy", "loss"):
@@ -192,6 +210,7 @@ class TransformerAdapter:
                     f"{sorted(ACTIVATIONS)}."
                 )
         self.weights = weights
+        self._set_model(model, source)
         self.default_metric = metric
         self.label_position = (
             label_position if label_position in (None, "next-token") else int(label_position)
@@ -265,8 +284,19 @@ class TransformerAdapter:
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
+    def _from_model(cls, weights: TransformerWeights, model: Any, source: str,
+                    kwargs: dict) -> "TransformerAdapter":
+        adapter = cls.__new__(cls)
+        TransformerAdapter.__init__(adapter, weights, **kwargs)
+        adapter._set_model(model, source)
+        return adapter
+
+    @classmethod
     def from_hf(cls, model: Any, **kwargs: Any) -> "TransformerAdapter":
         """An adapter for a HuggingFace ``transformers`` causal LM.
+
+        The adapter keeps ``model``: its own forward is :attr:`reference_forward`, which the
+        first batch is checked against.
 
         Parameters
         ----------
@@ -278,27 +308,24 @@ class TransformerAdapter:
         """
         from sklearn_lib.adapters._read_hf import read_hf_model
 
-        adapter = cls(read_hf_model(model), **kwargs)
-        adapter.model = model
-        return adapter
+        return cls._from_model(read_hf_model(model), model, "hf", kwargs)
 
     @classmethod
     def from_hooked_transformer(cls, model: Any, **kwargs: Any) -> "TransformerAdapter":
-        """An adapter for a transformer_lens 3.x ``HookedTransformer``."""
+        """An adapter for a transformer_lens 3.x ``HookedTransformer`` (kept as the reference)."""
         from sklearn_lib.adapters._read_hooked import read_hooked_transformer
 
-        adapter = cls(read_hooked_transformer(model), **kwargs)
-        adapter.model = model
-        return adapter
+        return cls._from_model(read_hooked_transformer(model), model, "hooked", kwargs)
 
     @classmethod
     def from_bridge(cls, bridge: Any, **kwargs: Any) -> "TransformerAdapter":
-        """An adapter for a transformer_lens 4.x ``TransformerBridge`` (reads its HF model)."""
+        """An adapter for a transformer_lens 4.x ``TransformerBridge`` (reads its HF model).
+
+        The bridge's own forward (``return_type="logits"``) is the reference.
+        """
         from sklearn_lib.adapters._read_bridge import read_transformer_bridge
 
-        adapter = cls(read_transformer_bridge(bridge), **kwargs)
-        adapter.model = bridge
-        return adapter
+        return cls._from_model(read_transformer_bridge(bridge), bridge, "bridge", kwargs)
 
     def __sklearn_clone__(self) -> "TransformerAdapter":
         return self
@@ -319,6 +346,7 @@ class TransformerAdapter:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_cache"] = {}
+        state.pop("reference_forward", None)  # a bound method: rebuilt by __setstate__
         return state
 
     # -- helpers -----------------------------------------------------------------------------
@@ -346,6 +374,97 @@ class TransformerAdapter:
 
     def _run(self, w: TransformerWeights, start: int, stop: int):
         return _span(w, self._plan_cuts, self._ops, start, stop, self._last_from)
+
+    # -- the model's own forward and the first-batch check -------------------------------------
+    def _set_model(self, model: Any, source: str | None) -> None:
+        """Keep the model; with a ``source``, its forward becomes ``self.reference_forward``."""
+        self.model = model
+        self._source = source  # "hf", "hooked" or "bridge": how to call the model's forward
+        self._verified = False
+        self.__dict__.pop("reference_forward", None)
+        if source is not None:
+            self.reference_forward = self._reference_forward
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._set_model(self.model, self._source)
+        self._verified = state.get("_verified", False)
+
+    def _reference_forward(self, X: Any, *, dtype: torch.dtype,
+                           device: torch.device | str) -> Tensor:
+        """The model's own forward on token ids ``X``: what :meth:`forward_from` returns.
+
+        Runs the model's ``forward`` through ``torch.func.functional_call`` with its
+        parameters and buffers cast to ``dtype`` on ``device`` (the user's model is not
+        modified) and returns the logits at ``label_position`` (of the last position when
+        ``last_position_from`` is set), shape ``(batch, d_vocab_out)``, or every kept
+        position with ``label_position=None``. A ``transformers`` model's output object gives
+        its ``.logits``.
+        """
+        X = self.check_input(X)
+        device = torch.device(device)
+        model = self.model
+        tokens = torch.as_tensor(X).to(device=device, dtype=torch.long)
+        tensors = {
+            name: t.detach().to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            for name, t in [*model.named_parameters(), *model.named_buffers()]
+        }
+        kwargs: dict[str, Any] = {}
+        if self._source == "hf":
+            kwargs = {"use_cache": False}
+        elif self._source == "bridge":
+            kwargs = {"return_type": "logits"}
+        with torch.no_grad():
+            out = torch.func.functional_call(model, tensors, (tokens,), kwargs)
+        logits = out if isinstance(out, Tensor) else out.logits
+        if self.last_position_from is not None:
+            logits = logits[:, -1:, :]
+        if self.label_position == "next-token":
+            return logits[:, self.skip_positions:-1, :]
+        return logits if self.label_position is None else logits[:, self.label_position, :]
+
+    def reference_rtol(self, dtype: torch.dtype) -> float:
+        """The relative tolerance of the first-batch check in ``dtype``.
+
+        ``sqrt(eps)`` of ``dtype`` (1.5e-8 in float64, 3.5e-4 in float32), unless the model's
+        own forward rounds a step to a less precise dtype whatever dtype it runs in:
+        ``transformers``' RMSNorm computes in float32, a transformer_lens
+        ``HookedTransformer`` casts its attention pattern to ``cfg.dtype``. Such a forward is
+        no more accurate than that step: at least ``1e-5`` (about 100 float32 round-offs) for
+        float32 steps, ``sqrt(eps)`` of the step's dtype for half precision.
+        """
+        base = default_rtol(dtype)
+        step = self._step_dtype()
+        if step is None or torch.finfo(step).eps <= torch.finfo(dtype).eps:
+            return base
+        return max(base, FLOAT32_STEP_RTOL if step == torch.float32 else default_rtol(step))
+
+    def _step_dtype(self) -> torch.dtype | None:
+        """The least precise dtype the model's own forward rounds to, whatever it runs in."""
+        if self.model is None or self._source is None:
+            return None
+        steps = []
+        if self._source == "hooked":
+            cfg_dtype = getattr(getattr(self.model, "cfg", None), "dtype", None)
+            if isinstance(cfg_dtype, torch.dtype) and cfg_dtype.is_floating_point:
+                steps.append(cfg_dtype)
+        if _rounds_through_float32(self.model):
+            steps.append(torch.float32)
+        return max(steps, key=lambda d: torch.finfo(d).eps) if steps else None
+
+    def _verify(self, X: Any, dtype: torch.dtype, device: torch.device | str) -> None:
+        """The chained segments and ``forward_from`` must reproduce the model's own forward."""
+        self._verified = True  # verify_forward reads activations(), which must not re-enter
+        try:
+            verify_forward(self, X[:_VERIFY_ROWS], dtype=dtype, device=device,
+                           rtol=self.reference_rtol(dtype))
+        except ValueError as err:
+            self._verified = False
+            raise ValueError(
+                f"{type(self).__name__} ({type(self.model).__name__}): {err} If the model is in "
+                "evaluation mode without hooks, the reader misses a feature of this "
+                "architecture; please report it with the model's config."
+            ) from None
 
     # -- the protocol ------------------------------------------------------------------------
     def check_input(self, X: Any) -> np.ndarray | Tensor:
@@ -427,9 +546,17 @@ class TransformerAdapter:
         -------
         activations : dict of str to Tensor of shape (n_samples, pos, 1 + d)
             ``pos = 1`` from ``last_position_from`` on.
+
+        Raises
+        ------
+        ValueError
+            On the first call of an adapter built from a model object, if the chained
+            segments do not reproduce the model's own forward on the first 16 sequences.
         """
         wanted = sorted({self._cut(name) for name in layers})
         X = self.check_input(X)
+        if not self._verified and self._source is not None:
+            self._verify(X, dtype, device)
         w = self._weights(dtype, device)
         tokens = torch.as_tensor(X, device=torch.device(device)).long()
         with torch.no_grad():

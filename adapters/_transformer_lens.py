@@ -238,14 +238,16 @@ class HookedTransformerAdapter(TransformerAdapter):
         metric: str = "accuracy",
         label_position: int | None = -1,
     ) -> None:
+        source = None  # plain weights or our own reader's checkpoint: no independent model
         if isinstance(model, TransformerWeights):
             weights = model
         elif isinstance(getattr(model, "weights", None), TransformerWeights):
             weights = model.weights
         else:
             weights = read_hooked_transformer(model)
-        self.model = model
-        self._init(weights, node_layers, last_position_from, metric, label_position)
+            source = "hooked"
+        self._init(weights, node_layers, last_position_from, metric, label_position,
+                   model=model, source=source)
 
     def __repr__(self) -> str:
         norm = getattr(getattr(self.model, "cfg", None), "normalization_type", None)

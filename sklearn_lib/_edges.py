@@ -294,7 +294,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         Returns
         -------
         graph : InteractionGraph
-            A new graph with ``edges`` set.
+            A new graph with ``edges`` and ``completeness_errors`` (this scorer's
+            ``completeness_errors_``) set.
         """
         check_is_fitted(self, "edges_")
         graph = check_graph(X, type(self).__name__)
@@ -303,7 +304,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
                 "This graph's bases differ from the ones IGEdgeScorer was fitted on; refit the "
                 "scorer on this graph (edges belong to one basis)."
             )
-        return graph.replace(edges=self.edges_)
+        return graph.replace(edges=self.edges_,
+                             completeness_errors=tuple(self.completeness_errors_.tolist()))
 
     def fit_transform(self, X, y=None):
         return self.fit(X, y).transform(X)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from sklearn_lib._linalg import LayerBasis
 __all__ = ["AblationResult", "InteractionGraph", "LayerFeatures"]
 
 _FORMAT = "sklearn-lib-interaction-graph"
-_VERSION = 2  # 2: metadata as UTF-8 JSON bytes in a uint8 array; ablation search fields
+_VERSION = 3  # 2: metadata as UTF-8 JSON bytes in a uint8 array; ablation search fields
+# 3: completeness_errors (files of versions 1 and 2 load with None)
 _BASES = ("lib", "gib", "pca")
 
 
@@ -140,9 +142,9 @@ def _same_items(a: tuple, b: tuple) -> bool:
 
 # What each field is derived from: replacing a field drops everything computed after it.
 _DERIVED = {
-    "layers": ("edges", "ablation", "communities", "modularity"),
-    "bases": ("edges", "ablation", "communities", "modularity"),
-    "edges": ("ablation", "communities", "modularity"),
+    "layers": ("edges", "completeness_errors", "ablation", "communities", "modularity"),
+    "bases": ("edges", "completeness_errors", "ablation", "communities", "modularity"),
+    "edges": ("completeness_errors", "ablation", "communities", "modularity"),
     "ablation": ("communities", "modularity"),
 }
 
@@ -176,6 +178,11 @@ class InteractionGraph:
         Community of every feature of every layer (``-1`` for the constant feature).
     modularity : float or None
         Modularity ``Q`` of the partition.
+    completeness_errors : tuple of float or None
+        One per layer pair, set with the edges by :class:`~sklearn_lib.IGEdgeScorer`: the
+        relative RMS by which the integrated-gradient attributions miss the next layer's
+        features (its ``completeness_errors_``). ``None`` when the edges came from elsewhere;
+        replacing the edges drops it.
 
     Examples
     --------
@@ -201,10 +208,28 @@ class InteractionGraph:
     ablation: tuple | None = None
     communities: tuple | None = None
     modularity: float | None = None
+    completeness_errors: tuple | None = None
 
     def __post_init__(self) -> None:
         if len(self.layers) != len(self.bases):
             raise ValueError(f"{len(self.layers)} layers but {len(self.bases)} bases.")
+        if self.completeness_errors is not None:
+            errors = tuple(self.completeness_errors)
+            n_pairs = len(self.layers) - 1
+            if self.edges is None:
+                raise ValueError(
+                    "completeness_errors describe the edges; a graph without edges cannot have "
+                    "them. Set edges in the same call, or leave completeness_errors=None."
+                )
+            if len(errors) != n_pairs or not all(
+                isinstance(e, numbers.Real) and not isinstance(e, (bool, np.bool_))
+                and math.isfinite(e) and e >= 0 for e in errors
+            ):
+                raise ValueError(
+                    f"completeness_errors must hold {n_pairs} finite numbers >= 0, one per "
+                    f"layer pair; got {self.completeness_errors!r}."
+                )
+            object.__setattr__(self, "completeness_errors", tuple(float(e) for e in errors))
         normalised = {
             "layers": tuple(self.layers),
             "bases": tuple(_read_only_basis(b) for b in self.bases),
@@ -438,6 +463,8 @@ class InteractionGraph:
             "ablation": None if self.ablation is None else [r.to_dict() for r in self.ablation],
             "has_communities": self.communities is not None,
             "modularity": None if self.modularity is None else float(self.modularity),
+            "completeness_errors": (None if self.completeness_errors is None
+                                    else list(self.completeness_errors)),
         }
         arrays: dict[str, np.ndarray] = {}
         for k, b in enumerate(self.bases):
@@ -694,6 +721,15 @@ def _parse(cls, path: Path, data, adapter: Any) -> InteractionGraph:
                         "null or a finite number")
     meta_ablation = _field(meta, "ablation", lambda v: v is None or isinstance(v, list),
                            "null or a list")
+    completeness = None
+    if meta["version"] >= 3:  # older files did not record it
+        completeness = _field(
+            meta, "completeness_errors",
+            lambda v: v is None or (isinstance(v, list) and len(v) == n_layers - 1 and all(
+                _is_real(e) and math.isfinite(e) and e >= 0 for e in v)),
+            f"null or a list of {n_layers - 1} finite numbers >= 0")
+        if completeness is not None and not has_edges:
+            raise _BadFile("it has completeness errors but no edges.")
     bases = []
     for k, name in enumerate(layers):
         C = _array(data, f"C_{k}", "f", 2)
@@ -736,7 +772,8 @@ def _parse(cls, path: Path, data, adapter: Any) -> InteractionGraph:
     pairs = list(zip(layers[:-1], layers[1:]))
     ablation = None if meta_ablation is None else _parse_ablation(meta_ablation, pairs, edges)
     return cls(tuple(layers), tuple(bases), basis, adapter, None, edges, ablation, communities,
-               None if modularity is None else float(modularity))
+               None if modularity is None else float(modularity),
+               None if completeness is None else tuple(float(e) for e in completeness))
 
 
 def check_graph(graph: Any, step: str) -> InteractionGraph:

@@ -55,7 +55,7 @@ def _print_result(result: dict) -> None:
     print(f"{result['basis'].upper()} on {result['checkpoint']} "
           f"(test accuracy {result['model_test_accuracy']:.6f}, "
           f"{result['n_train']} train / {result['n_test']} test; "
-          f"truncation rtol={result['rtol']:g}, atol={result['atol']:g})")
+          f"truncation {_truncation(result['rtol'], result['atol'])})")
     header = (f"{'layer pair':52s} {'dims':>9s} {'needed':>7s} {'of':>6s} "
               f"{'acc@needed':>10s} {'acc@-1':>8s}")
     print(header)
@@ -70,6 +70,12 @@ def _print_result(result: dict) -> None:
           f"peak RSS {result['peak_rss_mb']:.0f} MB")
     for layer, labels in result["fourier_labels"].items():
         print(f"  {layer}: " + "; ".join(labels[:5]))
+
+
+def _truncation(rtol, atol) -> str:
+    """The truncation rule used: ``rtol=None`` is the estimators' round-off rule (docs/math.md)."""
+    rel = "round-off rule (rtol=None)" if rtol is None else f"rtol={rtol:g}"
+    return rel if not atol else f"{rel}, atol={atol:g}"
 
 
 def _modadd(args: argparse.Namespace) -> int:

@@ -161,16 +161,33 @@ def test_transformer_adapter_passes(overrides, adapter_kw):
     assert isinstance(adapter, SupportsCompositeSegment)
     if overrides.get("normalization_type", "LN") is None:
         assert _statuses(results)["composite_segment"] == "passed"  # closed forms compared
-    if not isinstance(adapter, SupportsReferenceForward):
-        # Without a reference the check says so instead of passing silently.
-        plain = check_adapter(adapter, X, skip={"jacobian": "covered above"})
-        reason = next(r.detail for r in plain if r.name == "reference_forward")
-        assert "no reference_forward" in reason
+    # Built from the model object, the adapter's own reference is the model's forward.
+    assert isinstance(adapter, SupportsReferenceForward)
+    own = check_adapter(adapter, X, skip={"jacobian": "covered above"})
+    assert _statuses(own)["reference_forward"] == "passed"
+    # Built from the same weights without the model, there is nothing independent to compare
+    # with: the check says so instead of passing silently.
+    plain = HookedTransformerAdapter(adapter.weights, **adapter_kw)
+    assert not isinstance(plain, SupportsReferenceForward)
+    plain_results = check_adapter(plain, X, skip={"jacobian": "covered above"})
+    reason = next(r.detail for r in plain_results if r.name == "reference_forward")
+    assert "no reference_forward" in reason
+
+
+def _hooked_transformer_from(state_path, cfg: dict, dtype: torch.dtype):
+    """A real transformer_lens HookedTransformer holding the checkpoint, in ``dtype``."""
+    tl = pytest.importorskip("transformer_lens")
+    model = tl.HookedTransformer(tl.HookedTransformerConfig(
+        **cfg["model"], dtype=dtype, device="cpu", seed=0))
+    model.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True),
+                          strict=True)
+    return model.eval()
 
 
 @pytest.mark.filterwarnings(TRANSFORMER_WARNING)
 def test_shipped_modadd_checkpoint_passes():
-    pytest.importorskip("transformer_lens")
+    """The independent reference of the shipped checkpoint (read by our own reader) is
+    transformer_lens's HookedTransformer holding the same state_dict."""
     from sklearn_lib.adapters import load_hooked_transformer
     from sklearn_lib.tasks._modadd_experiment import modadd_adapter
     from sklearn_lib.tasks._modular_addition import shipped_modadd_checkpoint
@@ -178,16 +195,90 @@ def test_shipped_modadd_checkpoint_passes():
     state, config = shipped_modadd_checkpoint(0)
     cfg = json.loads(config.read_text())
     adapter = modadd_adapter(load_hooked_transformer(state, cfg))
+    assert not isinstance(adapter, SupportsReferenceForward)  # our reader: not independent
     X = np.random.default_rng(0).integers(0, 113, size=(8, 3))
     X[:, 2] = 113  # the "=" token
-    # The checkpoint is float32; its own forward in float64 is the reference for a float64 check.
-    reference = load_hooked_transformer(state, cfg).double()
+    # The checkpoint is float32; transformer_lens's own forward in float64 is the reference
+    # for a float64 check.
+    reference = _hooked_transformer_from(state, cfg, torch.float64)
     results = check_adapter(adapter, X, reference_forward=_model_forward(reference))
     _assert_all_passed(results)  # closed forms on attention, MLP and unembedding
+    # The adapter built from the HookedTransformer itself compares with it on its own.
+    own = modadd_adapter(reference)
+    assert isinstance(own, SupportsReferenceForward)
+    _assert_all_passed(check_adapter(own, X, skip={"jacobian": "covered above"}),
+                       except_=("jacobian",))
     # Compared with the float32 forward, the float64 chain differs by float32 round-off.
+    reference32 = _hooked_transformer_from(state, cfg, torch.float32)
     with pytest.raises(AdapterContractError, match="'reference_forward' failed") as info:
-        check_adapter(adapter, X, reference_forward=_model_forward(reference.float()))
+        check_adapter(adapter, X, reference_forward=_model_forward(reference32))
     assert 1e-7 < info.value.max_diff < 1e-3
+
+
+def _hf_model(name: str):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if name == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=11, n_positions=8, n_embd=12, n_layer=2, n_head=3, bos_token_id=0,
+            eos_token_id=0))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=11, hidden_size=16, intermediate_size=20, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8,
+            rope_theta=1e5, bos_token_id=0, eos_token_id=0))
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # norm weights and biases off their defaults: folding is tested
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return model.double().eval()
+
+
+@pytest.fixture
+def exact_llama_rms_norm(monkeypatch):
+    """HF's LlamaRMSNorm rounds through float32 even in a float64 model (about 1e-7 relative,
+    above check_adapter's float64 tolerance); for the contract, the same formula in float64."""
+    from transformers.models.llama import modeling_llama
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
+                                              + self.variance_epsilon))
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", forward)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("adapter_kw", [dict(), dict(label_position=None)])
+def test_hf_transformer_adapter_passes(name, adapter_kw, exact_llama_rms_norm):
+    from sklearn_lib.adapters import TransformerAdapter
+
+    adapter = TransformerAdapter.from_hf(_hf_model(name), **adapter_kw)
+    assert isinstance(adapter, SupportsReferenceForward)
+    X = torch.randint(0, 11, (6, 5), generator=torch.Generator().manual_seed(0))
+    results = check_adapter(adapter, X)  # its own reference: the HF model's forward
+    # composite_segment: the closed forms cover single sublayers between residual cuts; the
+    # default cuts keep every norm division in a segment of its own, so the generic
+    # torch.func composite is used (skipped with that reason).
+    _assert_all_passed(results, except_=("composite_segment",))
+    detail = next(r for r in results if r.name == "composite_segment")
+    assert detail.status == "skipped" and "returned None for every layer" in detail.detail
+
+
+def test_hf_llama_reference_check_within_its_float32_rounding():
+    """Without the patch, the model's own float64 forward is float32-accurate in its norms:
+    check_adapter at float64's tolerance names that difference; at 1e-5 (the first-batch
+    check's tolerance for such models) every check passes."""
+    from sklearn_lib.adapters import TransformerAdapter
+
+    adapter = TransformerAdapter.from_hf(_hf_model("llama"))
+    X = torch.randint(0, 11, (6, 5), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(AdapterContractError, match="'reference_forward' failed") as info:
+        check_adapter(adapter, X)
+    assert 1e-12 < info.value.max_diff < 1e-6
+    rtol = adapter.reference_rtol(torch.float64)
+    assert rtol == 1e-5
+    _assert_all_passed(check_adapter(adapter, X, rtol=rtol), except_=("composite_segment",))
 
 
 # -- each check catches its defect -----------------------------------------------------------------

@@ -304,3 +304,18 @@ def test_demo_gets_its_arguments(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(out=out, **kw))
     assert main(["demo", "--out", str(tmp_path / "d"), "--seed", "3", "--quiet"]) == 0
     assert seen == {"out": str(tmp_path / "d"), "seed": 3, "verbose": False}
+
+
+def test_default_truncation_is_printed(capsys, monkeypatch):
+    """The estimators' default truncation (rtol=None, atol=0) prints as the round-off rule."""
+    import sklearn_lib.tasks._modadd_experiment as experiment
+
+    result = {
+        "basis": "lib", "checkpoint": "seed0", "model_test_accuracy": 1.0, "n_train": 3,
+        "n_test": 4, "rtol": None, "atol": 0.0, "modularity": 0.5, "n_communities": 2,
+        "seconds": {"build": 1.0, "ablation": 2.0}, "peak_rss_mb": 10.0, "pairs": [],
+        "fourier_labels": {},
+    }
+    monkeypatch.setattr(experiment, "run_modadd_experiment", lambda *a, **k: result)
+    assert main(["modadd", "--quiet"]) == 0
+    assert "truncation round-off rule (rtol=None))" in capsys.readouterr().out

@@ -46,7 +46,7 @@ def _run(blocks: list[str], where: Path) -> dict:
 def test_the_docs_have_python_examples():
     assert len(python_blocks(ROOT / "README.md")) == 2
     assert len(python_blocks(ROOT / "README.md", slow=True)) == 3
-    assert len(python_blocks(ROOT / "docs" / "guide.md")) == 3
+    assert len(python_blocks(ROOT / "docs" / "guide.md")) == 4
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +118,9 @@ def test_guide_examples_run(tmp_path):
         [r.n_edges_needed for r in ns["graph"].ablation]
     ticks = [t.get_text() for t in ns["ax"].get_yticklabels()]
     assert ticks[1].startswith("hidden")
+    # the transformer example: completeness errors on the graph, large only on the divisions
+    errors, divides = np.array(ns["lm_graph"].completeness_errors), np.array(ns["divides"])
+    assert divides.any() and np.all(errors[divides] > 0.05) and np.all(errors[~divides] < 1e-3)
 
 
 @pytest.mark.slow

@@ -209,7 +209,8 @@ def test_saved_file_holds_numeric_arrays_only(tmp_path, graphs):
         for key in data.files:
             assert data[key].dtype.kind in "iuf", key
         meta = json.loads(data["meta"].tobytes().decode("utf-8"))
-    assert meta["version"] == 2 and meta["ablation"][0]["search"] == "bisect"
+    assert meta["version"] == 3 and meta["ablation"][0]["search"] == "bisect"
+    assert meta["completeness_errors"] == list(g3.completeness_errors)
     assert sorted(os.listdir(tmp_path)) == ["g.npz"]  # no temporary file left behind
     loaded = InteractionGraph.load(path)
     assert loaded.ablation == g3.ablation and loaded.modularity == g3.modularity
@@ -338,8 +339,9 @@ BAD_FILES = {
                 r"it is not an InteractionGraph file of a version this sklearn-lib reads"),
     "ablation count": (_meta_edit(lambda m: m["ablation"].pop()),
                        r"metadata field 'ablation' must be a list of 3 results"),
-    "ablation without edges": (lambda m: _meta_edit(lambda meta: meta.update(has_edges=False))(m),
-                               "it has ablation results but no edges"),
+    "ablation without edges": (
+        _meta_edit(lambda m: m.update(has_edges=False, completeness_errors=None)),
+        "it has ablation results but no edges"),
     "ablation epsilon": (_edit_ablation(epsilon=123.0),
                          r"ablation result 1 does not belong to the edges \(epsilon=123.0"),
     "ablation total": (_edit_ablation(n_edges_total=7),
@@ -368,6 +370,18 @@ BAD_FILES = {
                            r"ablation result 1: tolerance and base_score must be finite"),
     "ablation not a dict": (_meta_edit(lambda m: m["ablation"].__setitem__(0, [1])),
                             r"ablation result 0 is not a JSON object"),
+    "completeness missing": (_meta_edit(lambda m: m.pop("completeness_errors")),
+                             r"metadata field 'completeness_errors' is missing"),
+    "completeness count": (_meta_edit(lambda m: m["completeness_errors"].pop()),
+                           r"metadata field 'completeness_errors' must be null or a list of 3 "
+                           r"finite numbers >= 0"),
+    "completeness NaN": (_meta_edit(lambda m: m.update(completeness_errors=[0.1, float("nan"),
+                                                                          0.2])),
+                         r"metadata field 'completeness_errors' must be null or a list"),
+    "completeness negative": (_meta_edit(lambda m: m.update(completeness_errors=[0.1, -1, 0])),
+                              r"metadata field 'completeness_errors' must be null or a list"),
+    "completeness without edges": (
+        _meta_edit(lambda m: m.update(has_edges=False)), "it has completeness errors but no edges"),
 }
 
 
@@ -430,3 +444,53 @@ def test_version_1_files_still_load(tmp_path, graphs):
     assert [r.n_edges_needed_stable for r in loaded.ablation] == \
         [r.n_edges_needed for r in g3.ablation]
     assert all(r.search == "bisect" for r in loaded.ablation)
+
+
+# -- completeness errors ------------------------------------------------------------------------
+def test_edges_come_with_their_completeness_errors(graphs):
+    g0, g1, g2, g3, _ = graphs
+    scorer = IGEdgeScorer().fit(g0)
+    g = scorer.transform(g0)
+    assert g0.completeness_errors is None
+    assert g.completeness_errors == tuple(scorer.completeness_errors_.tolist())
+    assert len(g.completeness_errors) == len(g.pairs)
+    assert all(type(e) is float for e in g.completeness_errors)
+    # kept by the later steps, which do not change the edges
+    assert g2.completeness_errors == g1.completeness_errors == g3.completeness_errors
+    assert g3.replace(ablation=g3.ablation).completeness_errors == g3.completeness_errors
+    # new edges (or bases) drop them, like the ablation results
+    assert g3.replace(edges=g3.edges).completeness_errors is None
+    assert g3.replace(bases=g3.bases).completeness_errors is None
+    kept = g3.replace(edges=g3.edges, completeness_errors=[0.5, 0.0, 1])
+    assert kept.completeness_errors == (0.5, 0.0, 1.0) and kept.ablation is None
+    assert g3.replace(edges=g3.edges,
+                      completeness_errors=np.array([0.5, 0.0, 1.0], dtype=np.float32)
+                      ).completeness_errors == (0.5, 0.0, 1.0)
+
+
+def test_completeness_errors_are_validated(graphs):
+    g0, g1 = graphs[:2]
+    with pytest.raises(ValueError, match="a graph without edges cannot have them"):
+        g0.replace(completeness_errors=(0.1, 0.1, 0.1))
+    for bad in [(0.1, 0.1), (0.1, float("nan"), 0.1), (0.1, -0.5, 0.1), (0.1, True, 0.1),
+                (0.1, "0.2", 0.1)]:
+        with pytest.raises(ValueError, match=r"completeness_errors must hold 3 finite numbers "
+                                             r">= 0, one per layer pair"):
+            g1.replace(edges=g1.edges, completeness_errors=bad)
+
+
+def test_completeness_errors_round_trip_and_old_files(tmp_path, graphs):
+    g1 = graphs[1]
+    loaded = InteractionGraph.load(g1.save(tmp_path / "g.npz"))
+    assert loaded.completeness_errors == g1.completeness_errors is not None
+    no_errors = InteractionGraph.load(g1.replace(edges=g1.edges).save(tmp_path / "n.npz"))
+    assert no_errors.completeness_errors is None and no_errors.edges is not None
+    members = _members(tmp_path / "g.npz")  # a version-2 file: written before the field
+    meta = _meta_of(members)
+    meta["version"] = 2
+    del meta["completeness_errors"]
+    members["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    np.savez(tmp_path / "v2.npz", **members)
+    old = InteractionGraph.load(tmp_path / "v2.npz")
+    assert old.completeness_errors is None
+    np.testing.assert_array_equal(old.edges[1], g1.edges[1])
