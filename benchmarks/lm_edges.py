@@ -66,7 +66,8 @@ def table(results: dict) -> str:
         "Gauss-Legendre quadrature and stochastic sources over positions. Pairs per block: "
         "`ln1 div` (blocks.i.ln1_out -> attn_in, the norm's division), `attn` (attn_in -> "
         "ln2_out), `ln2 div` (ln2_out -> mlp_in), `mlp` (mlp_in -> the next ln1_out). Each "
-        "cell: edges needed / candidate edges (percent).",
+        "cell: edges needed / candidate edges (percent); \"LIB sparser\" compares the "
+        "numbers of edges needed (LIB usually keeps fewer directions, so fewer candidates).",
     ]
     for model, r in results["runs"].items():
         s = {b: r["bases"][b]["seconds"] for b in r["bases"]}
@@ -97,8 +98,8 @@ def table(results: dict) -> str:
                           f"({q['percent_needed']:.2f}%)"]
             by = {b: q for b, q in zip(r["bases"], row)}
             sparser = ""
-            if "lib" in by and "pca" in by:
-                better = by["lib"]["percent_needed"] < by["pca"]["percent_needed"]
+            if "lib" in by and "pca" in by:  # fewer edges needed (counts, as for modadd)
+                better = by["lib"]["n_edges_needed"] < by["pca"]["n_edges_needed"]
                 n_sparser += better
                 sparser = "yes" if better else "no"
             lines.append(f"| {row[0]['label']} | " + " | ".join(cells) + f" | {sparser} |")
@@ -120,10 +121,25 @@ def main() -> None:
     parser.add_argument("--n-sequences", type=int, default=32)
     parser.add_argument("--n-positions", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--table-only", action="store_true",
+                        help="regenerate the table and figures from the JSON")
+    parser.add_argument("--include", nargs=3, metavar=("NAME", "JSON", "COMMAND"),
+                        help="add the --json output of a `sklearn-lib lm` run under NAME, "
+                             "with the command that produced it")
     args = parser.parse_args()
-    if args.table_only:
+    if args.include:
+        name, path, command = args.include
+        results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
+        run_result = json.loads(Path(path).read_text())
+        run_result["command"] = command
+        results["runs"][name] = run_result
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    if args.table_only or args.include:
+        from sklearn_lib._lm_cli import plot_lm_edges
+
         results = json.loads(RESULTS.read_text())
+        for name, r in results["runs"].items():
+            plot_lm_edges(r, HERE / "results" / f"lm_edges_{name}.png")
     else:
         results = run(args.models, args.n_sequences, args.n_positions, args.seed)
     write_section("lm-edges", table(results))

@@ -160,8 +160,12 @@ def plot_lm_edges(result: dict, path: str | Path | None = None):
     ax.set_xticklabels(labels, rotation=70, ha="right", fontsize=8)
     ax.set_ylabel("edges needed (% of candidate edges)")
     ax.set_xlabel("layer pair (block, segment)")
-    ax.set_ylim(bottom=0)
-    ax.grid(True, alpha=0.3)
+    every = [q["percent_needed"] for b in bases for q in result["bases"][b]["pairs"]]
+    if min(every) > 0:  # the percentages span decades across pairs
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
+    ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     ax.set_title(f"{result['model']}: edges needed to stay within {result['tolerance']:g} nats\n"
                  f"({result['n_train']} train / {result['n_test']} held-out windows of "
