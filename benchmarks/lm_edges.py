@@ -103,9 +103,11 @@ def table(results: dict) -> str:
                 n_sparser += better
                 sparser = "yes" if better else "no"
             lines.append(f"| {row[0]['label']} | " + " | ".join(cells) + f" | {sparser} |")
-        totals = ", ".join(f"{b.upper()} {r['bases'][b]['total_percent_needed']:.2f}%"
-                           for b in r["bases"])
-        lines += ["", f"All pairs together: {totals} of the candidate edges needed; LIB "
+        totals = ", ".join(
+            f"{b.upper()} {sum(q['n_edges_needed'] for q in r['bases'][b]['pairs'])} edges "
+            f"({r['bases'][b]['total_percent_needed']:.2f}% of its candidates)"
+            for b in r["bases"])
+        lines += ["", f"All pairs together: {totals} needed; LIB "
                       f"sparser than PCA on {n_sparser} of {len(pairs)} pairs."]
         warned = {b: len(r["bases"][b]["base_score_warnings"]) for b in r["bases"]}
         if any(warned.values()):
