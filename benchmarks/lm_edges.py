@@ -111,9 +111,16 @@ def table(results: dict) -> str:
                       f"sparser than PCA on {n_sparser} of {len(pairs)} pairs."]
         warned = {b: len(r["bases"][b]["base_score_warnings"]) for b in r["bases"]}
         if any(warned.values()):
-            lines.append("Pairs whose bases alone moved the loss by more than the tolerance "
-                         "(BaseScoreWarning): " + ", ".join(f"{b.upper()} {n}"
-                                                           for b, n in warned.items()) + ".")
+            moved = "; ".join(
+                f"{b.upper()} " + ", ".join(f"{q['label']} {q['base_loss']:.2f}"
+                                            for q in r["bases"][b]["pairs"])
+                for b in r["bases"])
+            lines.append(
+                "**BaseScoreWarning:** the bases alone (every edge kept) moved the held-out "
+                f"loss by more than the tolerance on {', '.join(f'{n} {b.upper()}' for b, n in warned.items())} "
+                f"pairs (loss with every edge kept: {moved}; the model's own "
+                f"{r['model_test_loss']:.2f}), so these counts do not measure this model: "
+                "too few training tokens for the layer's width.")
     return "\n".join(lines)
 
 
