@@ -150,7 +150,7 @@ def plot_lm_edges(result: dict, path: str | Path | None = None):
 
     bases = list(result["bases"])
     labels = [q["label"] for q in result["bases"][bases[0]]["pairs"]]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(labels) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.32 * len(labels) + 2), 4.4))
     styles = {"lib": ("tab:blue", "o"), "gib": ("tab:green", "s"), "pca": ("tab:orange", "^")}
     for basis in bases:
         values = [q["percent_needed"] for q in result["bases"][basis]["pairs"]]
@@ -167,9 +167,12 @@ def plot_lm_edges(result: dict, path: str | Path | None = None):
         ax.set_ylim(bottom=0)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    ax.set_title(f"{result['model']}: edges needed to stay within {result['tolerance']:g} nats\n"
-                 f"({result['n_train']} train / {result['n_test']} held-out windows of "
-                 f"{result['n_positions']} tokens)", fontsize=10)
+    title = (f"{result['model']}\nedges needed to stay within {result['tolerance']:g} nats "
+             f"({result['n_train']} train / {result['n_test']} held-out windows of "
+             f"{result['n_positions']} tokens)")
+    if any(result["bases"][b].get("base_score_warnings") for b in bases):
+        title += "\nwarning: the bases alone moved the loss (too few training tokens)"
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=130)
