@@ -99,9 +99,24 @@ class TransformerAdapter:
         ``(batch, 1, ...)``). It must lie after the last attention layer.
     metric : {"accuracy", "loss"}, default="accuracy"
         The score the edge-ablation search uses unless told otherwise.
-    label_position : int or None, default=-1
+    label_position : int, None or "next-token", default=-1
         The position whose logits :meth:`forward_from` returns, shape ``(batch, d_vocab_out)``;
         ``None`` returns every position, shape ``(batch, pos, d_vocab_out)``.
+        ``"next-token"`` is language modelling: every position that has a next token and is
+        not skipped, ``skip_positions, ..., pos - 2``, shape ``(batch, pos - 1 -
+        skip_positions, d_vocab_out)``; their labels are :meth:`lm_labels` ``(X) = X[:,
+        skip_positions + 1:]`` (the label of position ``t`` is token ``t + 1``; the last
+        position has no label and is left out).
+    skip_positions : int, default=0
+        Leave the first ``skip_positions`` positions out of the bases and edges (e.g. ``1``
+        for the attention sink at position 0 of a language model). The model still runs on
+        every position (later positions attend to the skipped ones), but the estimators
+        leave them out of the activation moments (``PCAWhitener``), of the Jacobian sums
+        ``M`` (input and output positions; ``LocalInteractionBasis``,
+        ``GlobalInteractionBasis``) and of the edge sums (``IGEdgeScorer``). The ablation
+        search still ablates every position and scores the positions of
+        ``label_position="next-token"`` (skipped ones excluded). Not combinable with
+        ``last_position_from``.
 
     Attributes
     ----------
@@ -155,7 +170,8 @@ class TransformerAdapter:
         node_layers: Sequence[str] | None = None,
         last_position_from: str | None = None,
         metric: str = "accuracy",
-        label_position: int | None = -1,
+        label_position: int | str | None = -1,
+        skip_positions: int = 0,
     ) -> None:
         if not isinstance(weights, TransformerWeights):
             raise TypeError(
@@ -163,19 +179,28 @@ class TransformerAdapter:
                 "Use TransformerAdapter.from_hf(model) for a transformers model, or "
                 "HookedTransformerAdapter(model) for a transformer_lens one."
             )
-        self._init(weights, node_layers, last_position_from, metric, label_position)
+        self._init(weights, node_layers, last_position_from, metric, label_position,
+                   skip_positions)
 
     def _init(self, weights, node_layers, last_position_from, metric, label_position,
-              model: Any = None, source: str | None = None) -> None:
+              skip_positions=0, model: Any = None, source: str | None = None) -> None:
         # Validation here, as MLPAdapter does: an adapter is a view of a model, not an
         # estimator, and a wrong cut name should fail where it is written.
         if metric not in ("accuracy", "loss"):
             raise ValueError(f"metric must be 'accuracy' or 'loss'. Got {metric!r} instead.")
-        if label_position is not None and (
+        if label_position is not None and label_position != "next-token" and (
             isinstance(label_position, bool) or not isinstance(label_position, (int, np.integer))
         ):
             raise ValueError(
-                f"label_position must be an int or None. Got {label_position!r} instead."
+                f"label_position must be an int or None. Got {label_position!r} instead; for "
+                "next-token labels at every position pass 'next-token'."
+            )
+        if isinstance(skip_positions, bool) or not isinstance(
+            skip_positions, (int, np.integer)
+        ) or skip_positions < 0:
+            raise ValueError(
+                f"skip_positions must be an int in the range [0, inf). Got {skip_positions!r} "
+                "instead."
             )
         cuts, ops = _plan(weights)  # raises for unsupported blocks
         for block in weights.blocks:
@@ -187,7 +212,10 @@ class TransformerAdapter:
         self.weights = weights
         self._set_model(model, source)
         self.default_metric = metric
-        self.label_position = None if label_position is None else int(label_position)
+        self.label_position = (
+            label_position if label_position in (None, "next-token") else int(label_position)
+        )
+        self.skip_positions = int(skip_positions)
         self.d_model = weights.d_model
         self.d_vocab = weights.d_vocab
         self.d_vocab_out = weights.d_vocab_out
@@ -218,6 +246,12 @@ class TransformerAdapter:
 
         self._last_from: int | None = None
         if last_position_from is not None:
+            if self.skip_positions:
+                raise ValueError(
+                    f"skip_positions={self.skip_positions} cannot be combined with "
+                    f"last_position_from={last_position_from!r}, which keeps only the last "
+                    "position. Pass one of them."
+                )
             if last_position_from not in self._cuts:
                 raise ValueError(
                     f"Unknown last_position_from {last_position_from!r}. Available: {available}."
@@ -302,6 +336,8 @@ class TransformerAdapter:
             extra += f", last_position_from={self.last_position_from!r}"
         if self.label_position != -1:
             extra += f", label_position={self.label_position!r}"
+        if self.skip_positions:
+            extra += f", skip_positions={self.skip_positions}"
         return (
             f"{type(self).__name__}(n_layers={self.weights.n_layers}, d_model={self.d_model}, "
             f"node_layers={list(self.node_layers)}{extra}, metric={self.default_metric!r})"
@@ -383,6 +419,8 @@ class TransformerAdapter:
         logits = out if isinstance(out, Tensor) else out.logits
         if self.last_position_from is not None:
             logits = logits[:, -1:, :]
+        if self.label_position == "next-token":
+            return logits[:, self.skip_positions:-1, :]
         return logits if self.label_position is None else logits[:, self.label_position, :]
 
     def reference_rtol(self, dtype: torch.dtype) -> float:
@@ -475,7 +513,15 @@ class TransformerAdapter:
                 f"Model inputs contain token {bad}, outside the vocabulary [0, {self.d_vocab}). "
                 "Check the tokenizer matches the model."
             )
-        if self.label_position is not None and not -n_pos <= self.label_position < n_pos:
+        if self.label_position == "next-token" or self.skip_positions:
+            need = self.skip_positions + (2 if self.label_position == "next-token" else 1)
+            if n_pos < need:
+                raise ValueError(
+                    f"Model inputs have {n_pos} positions; skip_positions="
+                    f"{self.skip_positions} with label_position={self.label_position!r} "
+                    f"needs at least {need}. Use longer sequences or skip fewer positions."
+                )
+        if isinstance(self.label_position, int) and not -n_pos <= self.label_position < n_pos:
             raise ValueError(
                 f"label_position={self.label_position} is out of range for inputs with "
                 f"{n_pos} positions."
@@ -586,17 +632,63 @@ class TransformerAdapter:
         """The rest of the network: node layer ``layer`` to the logits the metric reads.
 
         Returns a function of shape ``(batch, pos, 1 + d) -> (batch, d_vocab_out)`` (logits at
-        ``label_position``), or ``(batch, pos, d_vocab_out)`` when ``label_position=None``.
+        ``label_position``), or ``(batch, pos, d_vocab_out)`` when ``label_position=None``, or
+        ``(batch, pos - 1 - skip_positions, d_vocab_out)`` when
+        ``label_position="next-token"`` (positions ``skip_positions, ..., pos - 2``).
         """
         run = self._run(self._weights(dtype, device), self._cut(layer),
                         len(self._plan_cuts) - 1)
         position = self.label_position
 
+        skip = self.skip_positions
+
         def output(f: Tensor) -> Tensor:
             logits = run(f)[..., 1:]
+            if position == "next-token":
+                return logits[..., skip:-1, :]
             return logits if position is None else logits[..., position, :]
 
         return output
+
+    def lm_labels(self, X: Any) -> np.ndarray:
+        """Next-token labels of token sequences, for ``label_position="next-token"``.
+
+        The label of position ``t`` is token ``t + 1``. The last position has no next token
+        and the first ``skip_positions`` are skipped, so the labels are
+        ``X[:, skip_positions + 1:]``, aligned with :meth:`forward_from`'s positions
+        ``skip_positions, ..., n_positions - 2``. ``EdgeAblationSearch`` calls this when it is
+        given no labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_positions)
+            Token ids.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples, n_positions - 1 - skip_positions), dtype int64
+
+        Examples
+        --------
+        >>> import torch
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> from sklearn_lib.adapters import TransformerAdapter
+        >>> model = GPT2LMHeadModel(GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2,
+        ...                                    n_positions=8)).eval()
+        >>> adapter = TransformerAdapter.from_hf(model, metric="loss",
+        ...                                      label_position="next-token", skip_positions=1)
+        >>> adapter.lm_labels([[3, 1, 4, 1, 5]])
+        array([[4, 1, 5]])
+        """
+        if self.label_position != "next-token":
+            raise ValueError(
+                f"lm_labels needs label_position='next-token' (next-token labels at every "
+                f"position); this adapter has label_position={self.label_position!r}. Build it "
+                "with label_position='next-token', or pass the labels yourself."
+            )
+        X = self.check_input(X)
+        X = X.cpu().numpy() if isinstance(X, Tensor) else np.asarray(X)
+        return X[:, self.skip_positions + 1:].astype(np.int64)
 
     def fixed_features(self, layer: str) -> tuple[int, ...]:
         """``(0,)``, or ``(0, 1 + d_model)`` at an ``ln*_out`` cut (the norm's scale)."""

@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "plot_ablation_curve": "sklearn_lib._plotting",
     "plot_interaction_graph": "sklearn_lib._plotting",
     "InSampleEvaluationWarning": "sklearn_lib._ablation",
+    "BaseScoreWarning": "sklearn_lib._ablation",
     "quadrature": "sklearn_lib._edges",
 }
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from sklearn_lib._interaction import GlobalInteractionBasis, LocalInteractionBasis
     from sklearn_lib._linalg import LayerBasis
     from sklearn_lib._modularity import LeidenModularity
-    from sklearn_lib._ablation import InSampleEvaluationWarning
+    from sklearn_lib._ablation import BaseScoreWarning, InSampleEvaluationWarning
     from sklearn_lib._plotting import plot_ablation_curve, plot_interaction_graph
     from sklearn_lib._whitening import PCAWhitener
 

@@ -34,7 +34,7 @@ from sklearn_lib._stream import (
     n_samples,
 )
 
-__all__ = ["EdgeAblationSearch", "InSampleEvaluationWarning"]
+__all__ = ["BaseScoreWarning", "EdgeAblationSearch", "InSampleEvaluationWarning"]
 
 _DEFAULT_TOLERANCE = {"accuracy": 1e-3, "loss": 0.1}
 
@@ -44,6 +44,17 @@ class InSampleEvaluationWarning(UserWarning):
 
     Edges needed measured in-sample can be optimistic; pass held-out data with
     ``EdgeAblationSearch().fit(graph, X_eval=..., y_eval=...)``.
+    """
+
+
+class BaseScoreWarning(UserWarning):
+    """The fitted bases alone change the model's score by more than the search's tolerance.
+
+    With every edge kept, a layer pair's score (``AblationResult.base_score``) runs the model
+    through the bases of that pair; it should equal the model's own score
+    (``EdgeAblationSearch.model_score_``). When the two differ by more than ``tolerance``,
+    truncation dropped directions the model uses, typically because the bases were fitted on
+    too few inputs (positions x sequences) for the layer's width.
     """
 
 
@@ -191,6 +202,11 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
     epsilons_ : dict of (str, str) to float
         The smallest kept candidate edge per pair (``inf`` when none is kept).
     n_samples_eval_ : int
+    model_score_ : float
+        The model's own score on the evaluation data (no basis, nothing ablated). A
+        :class:`BaseScoreWarning` is issued for every pair whose ``base_score`` (every edge
+        kept, through the fitted bases) differs from it by more than ``tolerance`` (at least
+        ``1e-5 * max(1, |model_score_|)``, so that round-off never warns).
 
     See Also
     --------
@@ -256,7 +272,9 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         X_eval : array-like, default=None
             Held-out model inputs to evaluate on (the paper's test split).
         y_eval : array-like of shape (n_eval,) or (n_eval, n_positions), default=None
-            Their integer labels in ``[0, n_classes)``.
+            Their integer labels in ``[0, n_classes)``. A language-model adapter with
+            ``label_position="next-token"`` derives missing labels (``y`` or ``y_eval``) from
+            the tokens with its ``lm_labels``: the label of position ``t`` is token ``t + 1``.
 
         Returns
         -------
@@ -267,13 +285,21 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         if graph.adapter is None:
             raise ValueError("EdgeAblationSearch needs the graph's adapter to run the model.")
         adapter = graph.adapter
+        derive = getattr(adapter, "lm_labels", None)
+        if not (callable(derive) and getattr(adapter, "label_position", None) == "next-token"):
+            derive = None
+        if X_eval is not None and y_eval is None and derive is not None:
+            y_eval = derive(X_eval)  # next-token labels, from the tokens themselves
+        if X_eval is None and y is None and derive is not None and graph.X is not None:
+            y = derive(graph.X)
         if (X_eval is None) != (y_eval is None):
             raise ValueError("Pass both X_eval and y_eval, or neither.")
         if X_eval is None:
             if y is None or graph.X is None:
                 raise ValueError(
                     "EdgeAblationSearch needs labels: fit(graph, y) for the graph's inputs, or "
-                    "held-out data with fit(graph, X_eval=..., y_eval=...)."
+                    "held-out data with fit(graph, X_eval=..., y_eval=...) (a language-model "
+                    "adapter with label_position='next-token' derives them from the tokens)."
                 )
             warnings.warn(
                 "EdgeAblationSearch is scoring on the graph's own inputs, the data the basis "
@@ -315,6 +341,7 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         check_labels_against_outputs(labels, tuple(out.shape), "y" if y_eval is None else
                                      "y_eval")
         y_t = torch.as_tensor(labels, dtype=torch.long, device=device)
+        model_score = self._model_score(adapter, first, X_eval, y_t, metric, dtype, device)
         # One stream per pair for all its probes: the input layer's activations are computed
         # once and kept when they fit the stream's memory budget (the batch bounds memory
         # otherwise).
@@ -324,6 +351,21 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
                 keep=[graph.layers[p]]), y_t, metric, tol, dtype, device)
             for p in range(len(graph.pairs))
         ]
+        # Round-off in the bases (float32) must not warn, even with tolerance=0.
+        threshold = max(tol, 1e-5 * max(1.0, abs(model_score)))
+        for r in results:
+            # The bases alone (every edge kept) should not move the model's score: when they
+            # do, truncation dropped directions the model uses (e.g. too few training tokens)
+            # and the search measures a different model.
+            if abs(r.base_score - model_score) > threshold:
+                warnings.warn(
+                    f"The bases of {r.layer_in!r} -> {r.layer_out!r} change the model's score "
+                    f"before any edge is ablated: {metric} {r.base_score:.4g} with every edge "
+                    f"kept against the model's own {model_score:.4g} (more than the tolerance "
+                    f"{threshold:g}). Truncation dropped directions the model uses: fit the bases on "
+                    "more data, or lower rtol/atol.",
+                    BaseScoreWarning, stacklevel=3,
+                )
         self.results_ = results
         self.n_edges_needed_ = {(r.layer_in, r.layer_out): r.n_edges_needed for r in results}
         self.n_edges_needed_stable_ = {
@@ -331,8 +373,28 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         }
         self.epsilons_ = {(r.layer_in, r.layer_out): r.epsilon for r in results}
         self.n_samples_eval_ = n_samples(X_eval)
+        self.model_score_ = model_score
         self._edges = graph.edges
         return self
+
+    def _model_score(self, adapter, layer, X_eval, y_eval, metric, dtype, device) -> float:
+        """The model's own score on the evaluation data (no basis, no ablation).
+
+        Not checked for NaN here: the search's first probe raises with the layer pair named.
+        """
+        rest = adapter.forward_from(layer, dtype=dtype, device=device)
+        stream = ActivationStream(adapter, X_eval, batch_size=self.batch_size, dtype=dtype,
+                                  device=device)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in stream.batches([layer]):
+                logits = rest(batch.acts[layer])
+                s, c = _metric_sums(logits, y_eval[batch.start : batch.start + batch.size],
+                                    metric)
+                total, count = total + s, count + c
+        (sums,) = stream.reduce_sum(torch.tensor([total, count], dtype=torch.float64))
+        total, count = sums.tolist()
+        return total / count
 
     def _search(self, graph: InteractionGraph, p: int, stream: ActivationStream, y_eval,
                 metric, tol, dtype, device) -> AblationResult:

@@ -1,4 +1,4 @@
-"""Command line: ``sklearn-lib demo`` and ``sklearn-lib modadd``. A thin layer over the estimators.
+"""Command line: ``sklearn-lib demo``, ``sklearn-lib modadd`` and ``sklearn-lib lm``. A thin layer over the estimators.
 
 Only the standard library is imported at the top of the command-line modules, so ``--help``
 and argument errors answer at once; torch, scikit-learn and matplotlib load when the work
@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from sklearn_lib._lm_cli import add_lm_parser
 from sklearn_lib._modadd_cli import add_modadd_parser
 
 __all__ = ["main", "build_parser"]
@@ -217,10 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sklearn-lib",
         description="The Local Interaction Basis (arXiv:2405.10928) as scikit-learn "
-                    "estimators: run the digits demo or the paper's modular-addition experiment.",
+                    "estimators: run the digits demo, the paper's modular-addition experiment "
+                    "or its language-model experiment.",
         formatter_class=_HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,modadd}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,modadd,lm}")
     common = _common_flags()
     demo = sub.add_parser(
         "demo", parents=[common], formatter_class=_HelpFormatter,
@@ -236,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seed of the split, the training and the estimators")
     demo.set_defaults(func=_demo, check=_check_demo)
     add_modadd_parser(sub, parents=[common], formatter_class=_HelpFormatter)
+    add_lm_parser(sub, parents=[common], formatter_class=_HelpFormatter)
     return parser
 
 

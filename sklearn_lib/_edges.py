@@ -206,17 +206,21 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         # Sources are drawn per batch from (seed, batch index): the same in any sharding.
         seed = (None if self.n_stochastic_sources is None
                 else int(torch.randint(2**62, (1,), generator=generator)))
+        # Positions the adapter leaves out of the edges (e.g. an attention sink): attributions
+        # from or to them are not summed (completeness is still checked on the others).
+        skip = int(getattr(adapter, "skip_positions", 0))
         stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
                                   device=device, verbose=self.verbose)
         for batch in stream.batches(layers, projections=dict(zip(layers, C)), desc="IG edges"):
             generator = batch_generator(seed, batch.index)
             for p in pairs:
                 z = batch.z[layers[p]]
-                A, sources = self._attributions(fns[p], z, alphas, weights, generator, dtype,
-                                                device, return_sources=True)
+                A, sources, A_kept = self._attributions(
+                    fns[p], z, alphas, weights, generator, dtype, device, return_sources=True,
+                    skip=skip)
                 check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", batch.start)
-                sums[p] += (A.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
-                counts[p] += z.shape[0] * z.shape[1]  # N T, T = positions of layer l
+                sums[p] += (A_kept.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
+                counts[p] += z.shape[0] * (z.shape[1] - skip)  # N T, T = positions of layer l
                 target = batch.z[layers[p + 1]]  # f_hat^{l+1}: (batch, S, n_out)
                 if sources is not None:
                     target = torch.einsum("brs,bsi->bri", sources, target) / sources.shape[1] ** 0.5
@@ -252,11 +256,13 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         return self
 
     def _attributions(self, F, z, alphas, weights, generator, dtype, device,
-                      return_sources=False):
+                      return_sources=False, skip=0):
         """``A`` of shape (batch, S, n_out, n_in); S output positions or stochastic sources.
 
         ``F`` is a :class:`CompositeSegment` (or an adapter's closed-form one). With
-        ``return_sources``, also the sources of shape (batch, R, S) (``None`` when exact).
+        ``return_sources``, also the sources of shape (batch, R, S) (``None`` when exact;
+        zero on the first ``skip`` output positions) and the attributions that count for the
+        edges: neither from nor to the first ``skip`` positions (``A`` when ``skip=0``).
         """
         R = self.n_stochastic_sources
         sources = None
@@ -264,13 +270,21 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
             with torch.no_grad():
                 t_out = F(z[:1]).shape[1]
             sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
+            sources[..., :skip] = 0
         jbar = None
         for alpha, w in zip(alphas.tolist(), weights.tolist()):
             J = F.jacobian(alpha * z, sources)
             jbar = w * J if jbar is None else jbar + w * J
         # A_(i,s),j = sum_t f_hat_(j,t) * Jbar_(i,s),(j,t)
         A = torch.einsum("bsitj,btj->bsij", jbar, z)
-        return (A, sources) if return_sources else A
+        if not return_sources:
+            return A
+        A_kept = A
+        if skip:  # sources t < skip left out; output positions s < skip dropped
+            A_kept = torch.einsum("bsitj,btj->bsij", jbar[..., skip:, :], z[:, skip:])
+            if sources is None:
+                A_kept = A_kept[:, skip:]
+        return A, sources, A_kept
 
     def transform(self, X):
         """Attach the fitted edges to a graph with the same bases.

@@ -145,6 +145,9 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         seed = None if R is None else int(torch.randint(2**62, (1,), generator=generator))
         gram = torch.zeros(k, k, dtype=torch.float64, device=device)
         count = 0
+        # Positions the adapter leaves out of the bases (e.g. an attention sink): neither
+        # input positions t nor output positions s below ``skip`` enter the sum.
+        skip = int(getattr(adapter, "skip_positions", 0))
         for batch in X.batches([layer], projections={layer: P}, desc=f"Jacobians at {layer}"):
             z = batch.z[layer]
             sources = None
@@ -153,14 +156,17 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
                     t_out = G(z[:1]).shape[1]
                 sources = rademacher(batch_generator(seed, batch.index), (z.shape[0], R, t_out),
                                      dtype, device)
-            if hasattr(G, "jacobian_gram"):  # closed forms skip forming the Jacobians
+                sources[..., :skip] = 0
+            if hasattr(G, "jacobian_gram") and not skip:  # closed forms skip forming Jacobians
                 part = G.jacobian_gram(z, sources, n_fixed)
             else:
                 jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
+                if skip:
+                    jac = jac[:, :, :, skip:] if R is not None else jac[:, skip:, :, skip:]
                 part = torch.einsum("bsitj,bsitk->jk", jac, jac)
             check_finite(part, f"Jacobians at layer {layer!r}", batch.start)
             gram += part
-            count += z.shape[0] * z.shape[1]
+            count += z.shape[0] * (z.shape[1] - skip)
         gram, count = X.reduce_sum(gram, torch.tensor(float(count), dtype=torch.float64))
         return gram.cpu() / float(count)
 

@@ -63,9 +63,12 @@ def fit_layer_moments(
                                   device=device, verbose=verbose)
     moments = {layer: MomentAccumulator() for layer in layers}
     fixed = {layer: adapter.fixed_features(layer) for layer in layers}
+    skip = int(getattr(adapter, "skip_positions", 0))
     for batch in stream.batches(layers, desc="activation moments"):
         for layer in layers:
             f = batch.acts[layer]
+            if skip and f.ndim == 3:  # the adapter leaves its first positions out of the bases
+                f = f[:, skip:]
             keep = [j for j in range(f.shape[-1]) if j not in fixed[layer]]
             moments[layer].update(f[..., keep].reshape(-1, len(keep)))
     return {layer: stream.reduce_moments(m) for layer, m in moments.items()}

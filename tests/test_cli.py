@@ -73,7 +73,7 @@ def test_modadd_help_answers_quickly_and_shows_defaults():
 def test_every_flag_has_a_description_and_a_default():
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, _cli.argparse._SubParsersAction))
-    assert set(sub.choices) == {"demo", "modadd"}
+    assert set(sub.choices) == {"demo", "modadd", "lm"}
     for name, p in sub.choices.items():
         assert p.description, name
         text = p.format_help()

