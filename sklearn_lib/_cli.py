@@ -49,6 +49,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def write_json(result: dict, path: str) -> None:
+    """Write a command's results as JSON (its folder was checked before the work) and say so."""
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
 # --- argument types: each raises ArgumentTypeError, which argparse names with the flag --------
 
 def _int_at_least(low: int, name: str):

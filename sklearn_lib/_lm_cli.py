@@ -11,7 +11,6 @@ Only the standard library at the top: ``--help`` must not load torch.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import time
@@ -289,10 +288,9 @@ def _lm(args: argparse.Namespace) -> int:
         plot_lm_edges(result, path)
         print(f"wrote {args.figure}", file=sys.stderr)
     if args.json:
-        path = Path(args.json).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        from sklearn_lib._cli import write_json
+
+        write_json(result, args.json)
     return 0
 
 
