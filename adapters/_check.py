@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import jacfwd, jacrev, vmap
 
+from sklearn_lib._common import resolve_dtype
 from sklearn_lib._jacobian import per_sample
 from sklearn_lib._segments import CompositeSegment, ablate_by_masks
 
@@ -49,7 +50,6 @@ CHECKS = (
 
 _REQUIRED_METHODS = ("check_input", "activations", "segment", "forward_from", "fixed_features",
                      "__sklearn_clone__")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Samples at which the Jacobians are compared (each costs a few per-sample Jacobians).
 _N_JACOBIAN_SAMPLES = 2
 
@@ -104,14 +104,6 @@ class CheckResult:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype must be 'float32' or 'float64'. Got {dtype!r} instead.")
-
-
 def default_rtol(dtype: torch.dtype) -> float:
     """``sqrt(eps)`` of ``dtype``: two computations of one function agree to half its digits.
 
@@ -239,7 +231,7 @@ def verify_forward(adapter: Any, X: Any, *, dtype: torch.dtype | str = torch.flo
     >>> diff < 1e-12
     True
     """
-    dtype = _resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype)
     device = torch.device(device)
     ref_fn = _reference_of(adapter, reference_forward)
     if ref_fn is None:
@@ -775,7 +767,7 @@ def check_adapter(adapter: Any, X: Any, *, rtol: float | None = None, atol: floa
     >>> check_adapter(MLPAdapter(model), X, rtol=1e-3)[0]
     CheckResult(name='protocol', status='passed', detail='exact')
     """
-    dtype = _resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype)
     device = torch.device(device)
     skip = dict(skip or {})
     unknown = sorted(set(skip) - set(CHECKS))

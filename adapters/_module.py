@@ -75,6 +75,7 @@ _RESHAPE = {torch.flatten, "flatten", torch.reshape, "reshape", "view"}
 _META_METHODS = {"size", "dim"}
 _CF = "channels_first"
 _LAST = "features_last"
+_CONTINUE = object()  # a walk from the input goes on past this node
 
 
 def _label(node: fx.Node) -> str:
@@ -405,24 +406,38 @@ class ModuleAdapter:
         first = next(a for a in node.all_input_nodes if a in self._dep)
         return self._layout[first]
 
-    def _input_layout(self) -> str:
-        """Channels first when the input first meets a convolution, batch norm or pooling."""
+    def _first_from_input(self, visit: Callable[[fx.Node], Any]) -> Any:
+        """Walk the graph breadth-first from the input; return the first ``visit`` result.
+
+        ``visit(node)`` returns ``_CONTINUE`` to go on past the node (to its users), anything
+        else to stop there with that value. ``None`` when the walk ends without a stop.
+        """
         frontier, seen = list(self._input.users), set()
         while frontier:
             node = frontier.pop(0)
             if node in seen or node not in self._dep:
                 continue
             seen.add(node)
+            found = visit(node)
+            if found is not _CONTINUE:
+                return found
+            frontier.extend(node.users)
+        return None
+
+    def _input_layout(self) -> str:
+        """Channels first when the input first meets a convolution, batch norm or pooling."""
+
+        def visit(node: fx.Node) -> Any:
             if node.op == "call_module":
                 module = self._module(node)
                 if isinstance(module, (*_CONVS, *_BATCHNORMS, *_POOLS)):
                     return _CF
-                if not isinstance(module, (*_PASS, *_ACTIVATIONS)):
-                    return _LAST
-            elif node.target in _RESHAPE or node.target == operator.getitem:
+                return _CONTINUE if isinstance(module, (*_PASS, *_ACTIVATIONS)) else _LAST
+            if node.target in _RESHAPE or node.target == operator.getitem:
                 return _LAST
-            frontier.extend(node.users)
-        return _LAST
+            return _CONTINUE
+
+        return self._first_from_input(visit) or _LAST
 
     # -- node layers and cuts -------------------------------------------------------------
     def _available(self) -> str:
@@ -601,20 +616,17 @@ class ModuleAdapter:
         return self._shapes
 
     def _first_typed_consumer(self) -> nn.Module | None:
-        frontier, seen = list(self._input.users), set()
-        while frontier:
-            node = frontier.pop(0)
-            if node in seen or node not in self._dep:
-                continue
-            seen.add(node)
+        """The first module after the input that is not elementwise (None past other ops)."""
+
+        def visit(node: fx.Node) -> Any:
             if node.op == "call_module":
                 module = self._module(node)
-                if not isinstance(module, (*_PASS, *_ACTIVATIONS)):
-                    return module
-            elif node.target not in _FN_ACTIVATIONS and node.target not in ("contiguous",):
+                return _CONTINUE if isinstance(module, (*_PASS, *_ACTIVATIONS)) else module
+            if node.target not in _FN_ACTIVATIONS and node.target not in ("contiguous",):
                 return None
-            frontier.extend(node.users)
-        return None
+            return _CONTINUE
+
+        return self._first_from_input(visit)
 
     def _expected_input(self) -> tuple[tuple[int, ...] | None, int | None, int | None]:
         """(full sample shape if known, ndim if fixed, channel/feature size on its axis)."""

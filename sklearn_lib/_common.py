@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from sklearn_lib.adapters import ModelAdapter
+if TYPE_CHECKING:  # imported where used: sklearn_lib.adapters imports this module
+    from sklearn_lib.adapters._protocol import ModelAdapter
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -97,6 +98,8 @@ def check_adapter(adapter: Any, owner: str) -> ModelAdapter:
             f"{owner} needs a model adapter: pass adapter=MLPAdapter(model) (or another "
             "sklearn_lib.adapters adapter)."
         )
+    from sklearn_lib.adapters._protocol import ModelAdapter
+
     if not isinstance(adapter, ModelAdapter):
         raise TypeError(
             f"The adapter of {owner} must implement sklearn_lib.adapters.ModelAdapter "
