@@ -612,17 +612,14 @@ class TransformerAdapter:
 
         start = self._cut(layer)
         stop = self._next_cut(layer)
-        if stop is None or stop != start + 1:
-            return None
-        if self._plan_cuts[start].layout != "resid" or self._plan_cuts[stop].layout not in (
-            "resid", "logits"
-        ):
+        if stop is None:
             return None
         w = self._weights(dtype, device)
         device = torch.device(device)
         last = self._last_from is not None and stop >= self._last_from
         return closed_form_segment(
-            w, self._ops[start], last, self._run(w, start, stop),
+            w, self._ops[start:stop], self._plan_cuts[start].layout,
+            self._plan_cuts[stop].layout, last, self._run(w, start, stop),
             in_map.to(dtype=dtype, device=device), out_map.to(dtype=dtype, device=device),
         )
 

@@ -45,15 +45,41 @@ __all__ = [
 _MEMORY_BUDGET = 32 * 2**20
 
 
-def closed_form_segment(weights, op, last: bool, segment: Callable[[Tensor], Tensor],
-                        in_map: Tensor, out_map: Tensor) -> CompositeSegment | None:
-    """The closed-form composite of one operation between two residual cuts, or ``None``.
+def closed_form_segment(weights, ops, in_layout: str, out_layout: str, last: bool,
+                        segment: Callable[[Tensor], Tensor], in_map: Tensor,
+                        out_map: Tensor) -> CompositeSegment | None:
+    """The closed-form composite of the operations ``ops`` between two cuts, or ``None``.
 
-    ``weights`` are the adapter's :class:`TransformerWeights` (already cast), ``op`` the
-    sequential transformer's operation (``kind`` "attn", "mlp" or "unembed", ``block``),
-    ``last`` whether the output cut keeps only the last position, ``segment`` the generic
-    span (kept as ``.segment``). Returns ``None`` for a norm inside the span, rotary
-    positions, local attention and gated MLPs (the generic composite handles them).
+    ``weights`` are the adapter's :class:`TransformerWeights` (already cast), ``ops`` the
+    sequential transformer's operations from the input cut to the output cut, ``in_layout``
+    and ``out_layout`` the two cuts' layouts ("resid", "scaled", "normed", "final", ...),
+    ``last`` whether the output cut keeps only the last position, ``segment`` the generic span
+    (kept as ``.segment``). Dispatches to the closed forms of this module (one operation
+    between residual cuts, no norm) and to those of the norm-split cuts of language models
+    (:mod:`~sklearn_lib.adapters._norm_closed_forms` for the position-wise ones,
+    :mod:`~sklearn_lib.adapters._attention_closed_forms` for attention). Returns ``None`` for
+    what none covers; the caller falls back to the generic segment.
+    """
+    if len(ops) == 1 and in_layout == "resid" and out_layout in ("resid", "logits"):
+        fast = _residual_closed_form(weights, ops[0], last, segment, in_map, out_map)
+        if fast is not None:
+            return fast
+    from sklearn_lib.adapters._attention_closed_forms import attention_closed_form
+    from sklearn_lib.adapters._norm_closed_forms import norm_closed_form
+
+    for make in (norm_closed_form, attention_closed_form):
+        fast = make(weights, ops, in_layout, out_layout, last, segment, in_map, out_map)
+        if fast is not None:
+            return fast
+    return None
+
+
+def _residual_closed_form(weights, op, last: bool, segment: Callable[[Tensor], Tensor],
+                          in_map: Tensor, out_map: Tensor) -> CompositeSegment | None:
+    """One operation between two residual cuts of a model without norms, or ``None``.
+
+    Returns ``None`` for a norm inside the span, rotary positions, local attention and gated
+    MLPs.
     """
     if op.norm is not None or op.kind not in ("attn", "mlp", "unembed"):
         return None
