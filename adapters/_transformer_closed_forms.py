@@ -270,11 +270,12 @@ class UnembedComposite(_FoldedComposite):
         masks = masks.to(dtype=z.dtype, device=z.device)
         return z[:, self._positions(z.shape[1])] @ (masks * self.Gmat).T
 
-    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
-                      start: int = 0) -> Tensor:
-        """``rows * Gmat^T Gmat`` on columns ``>= start`` (float64): every row has Jacobian
-        ``Gmat``; the map is position-wise, so +-1 sources leave the sum unchanged."""
-        rows = z.shape[0] * (1 if self.last else z.shape[1])
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None, start: int = 0,
+                      skip: int = 0) -> Tensor:
+        """``rows * Gmat^T Gmat`` on columns ``>= start`` (float64): every row (position
+        ``>= skip``) has Jacobian ``Gmat``; the map is position-wise, so +-1 sources leave the
+        sum unchanged."""
+        rows = z.shape[0] * (1 if self.last else z.shape[1] - skip)
         G = self.Gmat[:, start:].to(torch.float64)
         return rows * (G.T @ G)
 
@@ -321,9 +322,10 @@ class MLPComposite(_FoldedComposite):
         X += self.L0
         return self._place_diagonal(X.reshape(B, S, n_out, n_in), T, sources)
 
-    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
-                      start: int = 0) -> Tensor:
-        r"""``sum_rows J^T J`` on columns ``>= start`` without forming the Jacobians (float64).
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None, start: int = 0,
+                      skip: int = 0) -> Tensor:
+        r"""``sum_rows J^T J`` on columns ``>= start`` and positions ``>= skip`` without
+        forming the Jacobians (float64).
 
         With ``J = L0 + A diag(g) B`` per row (``g = act'(B z)``) and ``K = A^T A``,
 
@@ -336,7 +338,7 @@ class MLPComposite(_FoldedComposite):
         positions). The segment is position-wise, so random +-1 sources mixing output
         positions leave the sum unchanged: ``sources`` is accepted and not needed.
         """
-        zs = z[:, self._positions(z.shape[1])]
+        zs = z[:, self._positions(z.shape[1])] if self.last else z[:, skip:]
         rows = zs.reshape(-1, zs.shape[-1])
         f64 = torch.float64
         g = self.act_prime(rows @ self.Bm.T).to(f64)  # (N, d_hidden)

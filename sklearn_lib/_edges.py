@@ -19,7 +19,7 @@ from sklearn_lib._common import (
 )
 from sklearn_lib._graph import check_graph
 from sklearn_lib._interaction import rademacher
-from sklearn_lib._segments import make_composite
+from sklearn_lib._segments import make_composite, segment_attributions
 from sklearn_lib._stream import ActivationStream, batch_generator, check_same_graph, n_samples
 
 __all__ = ["IGEdgeScorer", "quadrature"]
@@ -271,19 +271,10 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
                 t_out = F(z[:1]).shape[1]
             sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
             sources[..., :skip] = 0
-        jbar = None
-        for alpha, w in zip(alphas.tolist(), weights.tolist()):
-            J = F.jacobian(alpha * z, sources)
-            jbar = w * J if jbar is None else jbar + w * J
-        # A_(i,s),j = sum_t f_hat_(j,t) * Jbar_(i,s),(j,t)
-        A = torch.einsum("bsitj,btj->bsij", jbar, z)
+        # Contracted with z as the Jacobian is computed (or in closed form): never held whole.
+        A, A_kept = segment_attributions(F, z, alphas, weights, sources, skip)
         if not return_sources:
             return A
-        A_kept = A
-        if skip:  # sources t < skip left out; output positions s < skip dropped
-            A_kept = torch.einsum("bsitj,btj->bsij", jbar[..., skip:, :], z[:, skip:])
-            if sources is None:
-                A_kept = A_kept[:, skip:]
         return A, sources, A_kept
 
     def transform(self, X):

@@ -19,7 +19,7 @@ from sklearn_lib._common import (
     resolve_dtype,
 )
 from sklearn_lib._graph import InteractionGraph
-from sklearn_lib._segments import make_composite
+from sklearn_lib._segments import make_composite, segment_gram
 from sklearn_lib._stream import ActivationStream, batch_generator, check_data
 from sklearn_lib._linalg import LayerBasis, rotate_basis
 from sklearn_lib._whitening import _BASIS_PARAMS, fit_pca_bases
@@ -157,13 +157,8 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
                 sources = rademacher(batch_generator(seed, batch.index), (z.shape[0], R, t_out),
                                      dtype, device)
                 sources[..., :skip] = 0
-            if hasattr(G, "jacobian_gram") and not skip:  # closed forms skip forming Jacobians
-                part = G.jacobian_gram(z, sources, n_fixed)
-            else:
-                jac = G.jacobian(z, sources)[..., n_fixed:].to(torch.float64)  # (B, S, n_out, T, k)
-                if skip:
-                    jac = jac[:, :, :, skip:] if R is not None else jac[:, skip:, :, skip:]
-                part = torch.einsum("bsitj,bsitk->jk", jac, jac)
+            # Streamed (never the whole Jacobian) or in closed form.
+            part = segment_gram(G, z, sources, n_fixed, skip)
             check_finite(part, f"Jacobians at layer {layer!r}", batch.start)
             gram += part
             count += z.shape[0] * (z.shape[1] - skip)

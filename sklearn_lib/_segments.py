@@ -12,12 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from sklearn_lib._jacobian import batched_jacobian, per_sample
 
-__all__ = ["ChainedComposite", "CompositeSegment", "ablate_by_masks", "make_composite"]
+__all__ = [
+    "ChainedComposite",
+    "CompositeSegment",
+    "ablate_by_masks",
+    "attributions_from_jacobian",
+    "gram_from_jacobian",
+    "make_composite",
+    "segment_attributions",
+    "segment_gram",
+]
 
 
 class CompositeSegment:
@@ -65,17 +75,198 @@ class CompositeSegment:
         return batched_jacobian(mixed, z, sources, out_numel=R * n_out,
                                 chunk_size=self.chunk_size)
 
-    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
-                      start: int = 0) -> Tensor:
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None, start: int = 0,
+                      skip: int = 0) -> Tensor:
         """``sum_{b,s,i,t} J_(i,s),(j,t) J_(i,s),(j',t)`` over the batch, float64.
 
-        ``j, j' >= start`` (the fixed coordinates left out): the batch's share of the
-        Jacobian Gram matrix ``M`` of LIB (DESIGN.md section 5). Closed forms may override it
-        without forming the Jacobians.
+        ``j, j' >= start`` (the fixed coordinates left out) and input positions ``t >= skip``
+        (with ``sources``, which are zero on output positions ``s < skip``; without them also
+        ``s >= skip``): the batch's share of the Jacobian Gram matrix ``M`` of LIB
+        (DESIGN.md section 5). The whole Jacobian is never held: VJPs (one per output
+        feature and source, or output position) or JVPs (one per input coordinate), whichever
+        are fewer, run ``chunk_size`` at a time and each chunk is added to the Gram at once,
+        so memory grows with the chunk and linearly with the positions. Closed forms override
+        it.
         """
-        jac = self.jacobian(z, sources)[..., start:]  # (B, S, n_out, T, k)
-        rows = jac.to(torch.float64).reshape(-1, jac.shape[-1])  # contiguous: one GEMM
-        return rows.T @ rows
+        if type(self).jacobian is not CompositeSegment.jacobian:  # a closed-form Jacobian
+            return gram_from_jacobian(self, z, sources, start, skip)
+        k = z.shape[-1] - start
+        gram = torch.zeros(k, k, dtype=torch.float64, device=z.device)
+        if (z.shape[1] - skip) * k <= self._vjp_count(z, sources, skip):
+            # Columns (t, j) of the Jacobian, grouped by input position t: the Gram pairs
+            # columns of the same position only.
+            B, T, n_in = z.shape
+            positions = list(range(skip, T))
+            per = max(1, self._chunk(z, sources) // k)
+            for lo in range(0, len(positions), per):
+                ts = positions[lo : lo + per]
+                cols = self._jvp_columns(z, ts, start, sources, skip)  # (|ts|, k, rows)
+                cols = cols.to(torch.float64)
+                gram += torch.einsum("tjr,tkr->jk", cols, cols)
+            return gram
+        for g in self._vjp_rows(z, sources, skip):  # (C, B, T, n_in)
+            rows = g[:, :, skip:, start:].to(torch.float64).reshape(-1, k)
+            gram += rows.T @ rows
+        return gram
+
+    def attributions(self, z: Tensor, alphas, weights, sources: Tensor | None = None,
+                     skip: int = 0) -> tuple[Tensor, Tensor]:
+        """Integrated-gradient attributions ``A`` and the part ``A_kept`` that counts for edges.
+
+        ``A[b, s, i, j] = sum_a weights[a] sum_t J(alphas[a] z)_(i,s),(j,t) z[b, t, j]``, with
+        ``s`` the output positions or, with ``sources`` of shape ``(batch, R, T_out)``, the
+        ``R`` mixtures (as in :meth:`jacobian`). ``A_kept`` sums over input positions
+        ``t >= skip`` only and, without sources, keeps output positions ``s >= skip`` only
+        (``A_kept is A`` when ``skip == 0``).
+
+        The Jacobian is contracted with ``z`` as it is computed, never held whole: forward
+        mode needs one JVP per input feature (the tangent is ``z`` itself on that feature at
+        every position, which sums over ``t`` inside the JVP), reverse mode one VJP per
+        output feature and source; the cheaper runs, ``chunk_size`` at a time.
+        """
+        alphas, weights = _floats(alphas), _floats(weights)
+        if type(self).jacobian is not CompositeSegment.jacobian:  # a closed-form Jacobian
+            return attributions_from_jacobian(self, z, alphas, weights, sources, skip)
+        B, T, n_in = z.shape
+        if n_in * (2 if skip else 1) <= self._vjp_count(z, sources):
+            A = A_kept = None
+            for alpha, w in zip(alphas, weights):
+                parts = self._jvp_contracted(alpha * z, z, sources, skip)
+                if A is None:
+                    A, A_kept = (w * p for p in parts)
+                else:
+                    A += w * parts[0]
+                    A_kept += w * parts[1]
+            if not skip:
+                return A, A
+            return A + A_kept, (A_kept if sources is not None else A_kept[:, skip:])
+        A = A_kept = None
+        for alpha, w in zip(alphas, weights):
+            pieces, kept = [], []
+            for g in self._vjp_rows(alpha * z, sources, 0):  # (C, B, T, n_in)
+                pieces.append(torch.einsum("cbtj,btj->bcj", g, z))
+                if skip:
+                    kept.append(torch.einsum("cbtj,btj->bcj", g[:, :, skip:], z[:, skip:]))
+            a = w * torch.cat(pieces, 1)
+            A = a if A is None else A + a
+            if skip:
+                k = w * torch.cat(kept, 1)
+                A_kept = k if A_kept is None else A_kept + k
+        t_out = A.shape[1] // self._n_out(z)
+        A = A.reshape(B, t_out, -1, n_in)  # (B, S|R, n_out, n_in): cotangents in (s|r, i) order
+        if not skip:
+            return A, A
+        A_kept = A_kept.reshape(B, t_out, -1, n_in)
+        return A, (A_kept if sources is not None else A_kept[:, skip:])
+
+    # -- streaming helpers -----------------------------------------------------------------
+    #: Bytes the tangents, cotangents and results of one chunk may take when ``chunk_size``
+    #: is not set (the VJPs and JVPs of a chunk keep a few activations of this size each).
+    chunk_bytes = 64 * 2**20
+
+    def _n_out(self, z: Tensor) -> int:
+        with torch.no_grad():
+            return int(self(z[:1, :]).shape[-1])
+
+    def _chunk(self, z: Tensor, sources: Tensor | None) -> int:
+        """VJPs or JVPs per vectorised chunk: ``chunk_size`` or what fits ``chunk_bytes``."""
+        if self.chunk_size is not None:
+            return int(self.chunk_size)
+        B, T, n_in = z.shape
+        per = 4 * B * T * max(n_in, self._n_out(z)) * z.element_size()
+        return max(1, self.chunk_bytes // max(per, 1))
+
+    def _vjp_count(self, z: Tensor, sources: Tensor | None, skip: int = 0) -> int:
+        """VJPs reverse mode needs: one per output feature and source (or output position)."""
+        with torch.no_grad():
+            t_out, n_out = self(z[:1]).shape[1:]
+        return (sources.shape[1] if sources is not None else t_out - skip) * n_out
+
+    def _vjp_rows(self, z: Tensor, sources: Tensor | None, skip: int):
+        """Yield chunks of the Jacobian's rows, ``(C, batch, T_in, n_in)``.
+
+        Rows are in the order (source ``r`` or output position ``s``, output feature ``i``);
+        with sources, row ``(r, i)`` is ``sum_s r_s J_(i,s) / sqrt(R)``. Output positions
+        ``s < skip`` are left out when there are no sources.
+        """
+        from torch.func import vjp, vmap
+
+        y, pull = vjp(self, z)
+        B, t_out, n_out = y.shape
+        if sources is not None:
+            R = sources.shape[1]
+            mix = sources.to(z.dtype) / R**0.5  # (B, R, T_out)
+            keys = [(r, i) for r in range(R) for i in range(n_out)]
+        else:
+            keys = [(s, i) for s in range(skip, t_out) for i in range(n_out)]
+        step = self._chunk(z, sources)
+        eye = torch.eye(n_out, dtype=z.dtype, device=z.device)
+        for lo in range(0, len(keys), step):
+            chunk = torch.tensor(keys[lo : lo + step], device=z.device)
+            first, feat = chunk[:, 0], chunk[:, 1]
+            if sources is not None:  # (C, B, T_out, n_out) = r_(b, s) e_i
+                ct = mix[:, first].permute(1, 0, 2)[..., None] * eye[feat][:, None, None, :]
+            else:
+                ct = torch.zeros(len(chunk), B, t_out, n_out, dtype=z.dtype, device=z.device)
+                ct[torch.arange(len(chunk)), :, first, feat] = 1
+            yield vmap(pull)(ct)[0]
+
+    def _jvp_columns(self, z: Tensor, positions: list[int], start: int,
+                     sources: Tensor | None, skip: int) -> Tensor:
+        """Columns ``(t, j)`` of the Jacobian for ``t`` in ``positions``, ``j >= start``.
+
+        Returns ``(len(positions), n_in - start, rows)`` with rows the flattened (batch,
+        source or output position ``s >= skip``, output feature).
+        """
+        from torch.func import jvp, vmap
+
+        B, T, n_in = z.shape
+        k = n_in - start
+        n = len(positions) * k
+        tangents = torch.zeros(n, B, T, n_in, dtype=z.dtype, device=z.device)
+        idx = torch.arange(n, device=z.device)
+        tpos = torch.tensor(positions, device=z.device).repeat_interleave(k)
+        feat = torch.arange(start, n_in, device=z.device).repeat(len(positions))
+        tangents[idx, :, tpos, feat] = 1
+        out = vmap(lambda v: jvp(self, (z,), (v,))[1])(tangents)  # (n, B, T_out, n_out)
+        if sources is not None:
+            R = sources.shape[1]
+            out = torch.einsum("brs,nbsi->nbri", sources.to(z.dtype), out) / R**0.5
+        else:
+            out = out[:, :, skip:]
+        return out.reshape(len(positions), k, -1)
+
+    def _jvp_contracted(self, point: Tensor, z: Tensor, sources: Tensor | None,
+                        skip: int) -> tuple[Tensor, Tensor]:
+        """``sum_t J(point)_(.,.),(j,t) z[t, j]`` for every input feature ``j``, by JVPs.
+
+        The tangent of feature ``j`` is ``z`` on that feature at every position (at positions
+        ``t < skip`` for the first result, ``t >= skip`` for the second, when ``skip``), so
+        one JVP sums over ``t``. Returns two ``(B, S|R, n_out, n_in)`` tensors (the second is
+        all of ``A`` when ``skip == 0`` and the first is then zero-free: ``(A, A)``).
+        """
+        from torch.func import jvp, vmap
+
+        B, T, n_in = z.shape
+        spans = [(skip, T)] if not skip else [(0, skip), (skip, T)]
+        parts = []
+        step = self._chunk(z, sources)
+        for lo_t, hi_t in spans:
+            cols = []
+            for lo in range(0, n_in, step):
+                feats = torch.arange(lo, min(n_in, lo + step), device=z.device)
+                tangents = torch.zeros(len(feats), B, T, n_in, dtype=z.dtype, device=z.device)
+                tangents[torch.arange(len(feats)), :, lo_t:hi_t, feats] = (
+                    z[:, lo_t:hi_t, feats].permute(2, 0, 1))
+                out = vmap(lambda v: jvp(self, (point,), (v,))[1])(tangents)  # (c, B, S, n_out)
+                if sources is not None:
+                    R = sources.shape[1]
+                    out = torch.einsum("brs,cbsi->cbri", sources.to(z.dtype), out) / R**0.5
+                cols.append(out)
+            parts.append(torch.cat(cols).permute(1, 2, 3, 0))  # (B, S|R, n_out, n_in)
+        if not skip:
+            return parts[0], parts[0]
+        return parts[0], parts[1]
 
     def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
         """``out[..., i] = G(z * masks[i])[..., i]``, one forward pass per distinct mask.
@@ -84,6 +275,53 @@ class CompositeSegment:
         every position; returns ``(batch, T_out, n_out)``.
         """
         return ablate_by_masks(self, z, masks, mask_chunk)
+
+
+def _floats(values) -> list[float]:
+    """Quadrature nodes or weights (array, tensor or sequence) as Python floats, unrounded."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().double().numpy()
+    return [float(v) for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def gram_from_jacobian(G, z: Tensor, sources: Tensor | None = None, start: int = 0,
+                       skip: int = 0) -> Tensor:
+    """:meth:`CompositeSegment.jacobian_gram` from ``G.jacobian`` (formed whole, float64)."""
+    jac = G.jacobian(z, sources)[..., start:]
+    jac = jac[:, :, :, skip:] if sources is not None else jac[:, skip:, :, skip:]
+    rows = jac.to(torch.float64).reshape(-1, jac.shape[-1])
+    return rows.T @ rows
+
+
+def attributions_from_jacobian(G, z: Tensor, alphas, weights, sources: Tensor | None = None,
+                               skip: int = 0) -> tuple[Tensor, Tensor]:
+    """:meth:`CompositeSegment.attributions` from ``G.jacobian`` (formed whole)."""
+    jbar = None
+    for alpha, w in zip(_floats(alphas), _floats(weights)):
+        J = G.jacobian(alpha * z, sources)
+        jbar = w * J if jbar is None else jbar + w * J
+    A = torch.einsum("bsitj,btj->bsij", jbar, z)
+    if not skip:
+        return A, A
+    A_kept = torch.einsum("bsitj,btj->bsij", jbar[..., skip:, :], z[:, skip:])
+    return A, (A_kept if sources is not None else A_kept[:, skip:])
+
+
+def segment_gram(G, z: Tensor, sources: Tensor | None = None, start: int = 0,
+                 skip: int = 0) -> Tensor:
+    """``G.jacobian_gram`` when ``G`` has it (closed forms, :class:`CompositeSegment`), else
+    from ``G.jacobian`` (an adapter's composite with only the required methods)."""
+    if hasattr(G, "jacobian_gram"):
+        return G.jacobian_gram(z, sources, start, skip)
+    return gram_from_jacobian(G, z, sources, start, skip)
+
+
+def segment_attributions(G, z: Tensor, alphas, weights, sources: Tensor | None = None,
+                         skip: int = 0) -> tuple[Tensor, Tensor]:
+    """``G.attributions`` when ``G`` has it, else from ``G.jacobian``."""
+    if hasattr(G, "attributions"):
+        return G.attributions(z, alphas, weights, sources, skip)
+    return attributions_from_jacobian(G, z, alphas, weights, sources, skip)
 
 
 def ablate_by_masks(G: Callable[[Tensor], Tensor], z: Tensor, masks: Tensor,
