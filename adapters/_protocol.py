@@ -131,6 +131,12 @@ class CompositeSegmentLike(Protocol):
         the ``R`` combinations ``sum_s r_s G_s / sqrt(R)``.
         """
 
+    # Optional, used when present (else formed from ``jacobian``; see docs/adapters.md):
+    # ``jacobian_gram(z, sources=None, start=0, skip=0)``, the batch's float64 share of LIB's
+    # ``M`` over columns ``>= start`` and positions ``>= skip``, and
+    # ``attributions(z, alphas, weights, sources=None, skip=0) -> (A, A_kept)``, the
+    # integrated-gradient attributions contracted with ``z``.
+
     def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
         """``out[..., i] = G(z * masks[i])[..., i]``, shape ``(batch, T_out, n_out)``.
 

@@ -99,7 +99,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         appendix C.1, unbiased). ``None``: exact.
     batch_size : int, default=256
     chunk_size : int, default=None
-        Reverse-mode Jacobians: output coordinates per vectorised VJP.
+        VJPs (reverse mode) or JVPs (forward mode) vectorised at once, a memory knob
+        (default: what fits 64 MiB). The whole Jacobian is never held.
     dtype : {"float32", "float64"}, default="float64"
     device : str or torch.device, default="cpu"
     random_state : int, RandomState instance or None, default=None

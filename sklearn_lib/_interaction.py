@@ -214,7 +214,8 @@ _DOC_PARAMS = """
     batch_size : int, default=256
         Model inputs per batch; bounds peak memory with the Jacobian size.
     chunk_size : int, default=None
-        Reverse-mode Jacobians: output coordinates per vectorised VJP (memory knob).
+        VJPs (reverse mode) or JVPs (forward mode) vectorised at once, a memory knob
+        (default: what fits 64 MiB). The whole Jacobian is never held.
     dtype : {"float32", "float64"}, default="float64"
         Dtype of forward passes and Jacobians (sums are accumulated in float64).
     device : str or torch.device, default="cpu"

@@ -42,7 +42,8 @@ class CompositeSegment:
     out_map : Tensor of shape (n_out, 1 + d_out)
         From activations of the output layer to its basis.
     chunk_size : int, default=None
-        Reverse-mode Jacobians: VJPs vectorised at once.
+        VJPs (reverse mode) or JVPs (forward mode) vectorised at once, a memory knob
+        (default: what fits 64 MiB). The whole Jacobian is never held.
     """
 
     def __init__(self, segment: Callable[[Tensor], Tensor], in_map: Tensor, out_map: Tensor,
