@@ -18,9 +18,9 @@ from sklearn_lib._common import (
     torch_generator,
 )
 from sklearn_lib._graph import check_graph
-from sklearn_lib._interaction import rademacher
+from sklearn_lib._interaction import sample_sources
 from sklearn_lib._segments import make_composite, segment_attributions
-from sklearn_lib._stream import ActivationStream, batch_generator, check_same_graph, n_samples
+from sklearn_lib._stream import ActivationStream, check_same_graph, n_samples
 
 __all__ = ["IGEdgeScorer", "quadrature"]
 
@@ -204,7 +204,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         counts = [0 for _ in pairs]
         miss = np.zeros(len(pairs))  # sums of squares: completeness residual and f_hat^{l+1}
         size = np.zeros(len(pairs))
-        # Sources are drawn per batch from (seed, batch index): the same in any sharding.
+        # Sources are drawn per sample from (seed, sample index, pair): the same in any
+        # batching or sharding.
         seed = (None if self.n_stochastic_sources is None
                 else int(torch.randint(2**62, (1,), generator=generator)))
         # Positions the adapter leaves out of the edges (e.g. an attention sink): attributions
@@ -213,12 +214,11 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
                                   device=device, verbose=self.verbose)
         for batch in stream.batches(layers, projections=dict(zip(layers, C)), desc="IG edges"):
-            generator = batch_generator(seed, batch.index)
             for p in pairs:
                 z = batch.z[layers[p]]
                 A, sources, A_kept = self._attributions(
-                    fns[p], z, alphas, weights, generator, dtype, device, return_sources=True,
-                    skip=skip)
+                    fns[p], z, alphas, weights, (seed, batch.start, p), dtype, device,
+                    return_sources=True, skip=skip)
                 check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", batch.start)
                 sums[p] += (A_kept.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
                 counts[p] += z.shape[0] * (z.shape[1] - skip)  # N T, T = positions of layer l
@@ -256,11 +256,12 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         self._bases = graph.bases
         return self
 
-    def _attributions(self, F, z, alphas, weights, generator, dtype, device,
+    def _attributions(self, F, z, alphas, weights, draw, dtype, device,
                       return_sources=False, skip=0):
         """``A`` of shape (batch, S, n_out, n_in); S output positions or stochastic sources.
 
-        ``F`` is a :class:`CompositeSegment` (or an adapter's closed-form one). With
+        ``F`` is a :class:`CompositeSegment` (or an adapter's closed-form one); ``draw`` is
+        ``(seed, first sample index, pair index)`` for the stochastic sources. With
         ``return_sources``, also the sources of shape (batch, R, S) (``None`` when exact;
         zero on the first ``skip`` output positions) and the attributions that count for the
         edges: neither from nor to the first ``skip`` positions (``A`` when ``skip=0``).
@@ -270,7 +271,8 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         if R is not None:
             with torch.no_grad():
                 t_out = F(z[:1]).shape[1]
-            sources = rademacher(generator, (z.shape[0], R, t_out), dtype, device)
+            seed, start, stream = draw
+            sources = sample_sources(seed, start, z.shape[0], (R, t_out), dtype, device, stream)
             sources[..., :skip] = 0
         # Contracted with z as the Jacobian is computed (or in closed form): never held whole.
         A, A_kept = segment_attributions(F, z, alphas, weights, sources, skip)

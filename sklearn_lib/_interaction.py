@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from numbers import Integral
 
+import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
@@ -20,17 +21,28 @@ from sklearn_lib._common import (
 )
 from sklearn_lib._graph import InteractionGraph
 from sklearn_lib._segments import make_composite, segment_gram
-from sklearn_lib._stream import ActivationStream, batch_generator, check_data
+from sklearn_lib._stream import ActivationStream, check_data
 from sklearn_lib._linalg import LayerBasis, rotate_basis
 from sklearn_lib._whitening import _BASIS_PARAMS, fit_pca_bases
 
 __all__ = ["LocalInteractionBasis", "GlobalInteractionBasis"]
 
 
-def rademacher(generator: torch.Generator, shape, dtype, device) -> torch.Tensor:
-    """Random +-1 entries (mean 0, variance 1): the stochastic sources of appendix C."""
-    draws = torch.randint(0, 2, shape, generator=generator, dtype=torch.int64)
-    return (2 * draws - 1).to(dtype=dtype, device=device)
+def sample_sources(seed: int, start: int, n: int, shape, dtype, device,
+                   stream: int = 0) -> torch.Tensor:
+    """Stochastic sources of ``n`` samples from ``start`` on, ``(n, *shape)``, each +-1.
+
+    Sample ``k`` draws from its own generator, derived from ``(seed, stream, k)``: the sources
+    of a sample do not depend on the batch size, on which process reads it or in which order
+    (``stream`` separates independent draws for the same samples, e.g. one per layer pair).
+    """
+    rows = []
+    for k in range(start, start + n):
+        state = np.random.SeedSequence([int(seed), int(stream), int(k)]).generate_state(
+            1, np.uint64)[0]
+        gen = torch.Generator().manual_seed(int(state) & (2**63 - 1))
+        rows.append(torch.randint(0, 2, tuple(shape), generator=gen, dtype=torch.int64))
+    return (2 * torch.stack(rows) - 1).to(dtype=dtype, device=device)
 
 
 class _InteractionBasis(TransformerMixin, BaseEstimator):
@@ -141,7 +153,8 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         P = torch.as_tensor(pca.C, dtype=dtype, device=device)
         n_fixed, k = pca.n_fixed, pca.n_components
         R = self.n_stochastic_sources
-        # Sources are drawn per batch from (seed, batch index): the same in any sharding.
+        # Sources are drawn per sample from (seed, sample index): the same in any batching or
+        # sharding.
         seed = None if R is None else int(torch.randint(2**62, (1,), generator=generator))
         gram = torch.zeros(k, k, dtype=torch.float64, device=device)
         count = 0
@@ -154,8 +167,7 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
             if R is not None:
                 with torch.no_grad():
                     t_out = G(z[:1]).shape[1]
-                sources = rademacher(batch_generator(seed, batch.index), (z.shape[0], R, t_out),
-                                     dtype, device)
+                sources = sample_sources(seed, batch.start, z.shape[0], (R, t_out), dtype, device)
                 sources[..., :skip] = 0
             # Streamed (never the whole Jacobian) or in closed form.
             part = segment_gram(G, z, sources, n_fixed, skip)

@@ -180,3 +180,28 @@ def test_lib_and_edges_on_a_language_model_equal_the_whole_jacobian_path(llama, 
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * b.max())
     np.testing.assert_allclose(scorer.completeness_errors_, scorer_ref.completeness_errors_,
                                rtol=1e-6, atol=1e-12)
+
+
+def test_stochastic_sources_do_not_depend_on_the_batch_size(llama):
+    """Sources are drawn per sample: LIB's M and the edges are the same for any batching."""
+    adapter, _ = llama
+    X = torch.randint(0, 40, (7, T), generator=torch.Generator().manual_seed(5)).numpy()
+
+    def run(batch_size):
+        graph = LocalInteractionBasis(adapter, dtype="float64", n_stochastic_sources=2,
+                                      random_state=3, batch_size=batch_size).fit_transform(X)
+        scorer = IGEdgeScorer(integration="gauss-legendre", n_steps=2, dtype="float64",
+                              n_stochastic_sources=2, random_state=3,
+                              batch_size=batch_size).fit(graph)
+        return graph, scorer
+
+    (g1, s1), (g2, s2) = run(7), run(3)
+    for a, b in zip(g1.bases, g2.bases):  # summation order only: round-off
+        assert a.n_components == b.n_components
+        np.testing.assert_allclose(a.C, b.C, rtol=0, atol=1e-8 * np.abs(a.C).max())
+    for a, b in zip(s1.edges_, s2.edges_):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-8 * a.max())
+    # another seed draws other sources: the edges move by far more than round-off
+    other = IGEdgeScorer(integration="gauss-legendre", n_steps=2, dtype="float64",
+                         n_stochastic_sources=2, random_state=4, batch_size=7).fit(g1)
+    assert max(np.abs(a - b).max() / a.max() for a, b in zip(s1.edges_, other.edges_)) > 1e-4
