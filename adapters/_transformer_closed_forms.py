@@ -288,7 +288,9 @@ class MLPComposite(_FoldedComposite):
         step = _chunk(min(n_out, n_in) * d_mlp * z.element_size(), B * S)
         for lo in range(0, B * S, step):
             g = self.act_prime(rows[lo : lo + step] @ self.Bm.T)  # (b, d_mlp)
-            if n_in <= n_out:
+            if self.act_ is not None:  # ReLU: 0/1 gates, through the fewer of on and off
+                X[lo : lo + step] = _gated_products(self, g)
+            elif n_in <= n_out:
                 X[lo : lo + step] = torch.matmul(self.A, g[:, :, None] * self.Bm)
             else:
                 X[lo : lo + step] = torch.matmul(self.A * g[:, None, :], self.Bm)
@@ -512,3 +514,41 @@ class AttentionComposite(_FoldedComposite):
             out[..., outs.reshape(-1)] += torch.einsum("bchst,bchrt->bscr", a, vo).reshape(
                 B, S, -1)
         return out
+
+
+# -- ReLU Jacobians through the switched units ---------------------------------------------------
+#: Rows of gates gathered at once by :func:`_gated_products`.
+_GATE_GROUP = 16
+
+
+def _gated_products(mlp: MLPComposite, g: Tensor) -> Tensor:
+    """``A diag(g_r) Bm`` for every row ``g_r`` of 0/1 gates ``g`` of shape (N, d_hidden).
+
+    From the units that are on, or as ``A Bm`` less the units that are off, whichever are
+    fewer: the work scales with ``min(on, off)`` rather than ``d_hidden``. Rows are sorted
+    by their count and gathered in groups of ``_GATE_GROUP`` (padded to the group's largest).
+    """
+    A, Bm = mlp.A, mlp.Bm
+    N, d = g.shape
+    if getattr(mlp, "_gated", None) is None:  # A^T and Bm with a zero row d for the padding
+        zero = A.new_zeros(1, A.shape[0]), Bm.new_zeros(1, Bm.shape[1])
+        mlp._gated = torch.cat([A.T, zero[0]]), torch.cat([Bm, zero[1]]), A @ Bm
+    AT, B0, AB = mlp._gated
+    on = g != 0
+    count = on.sum(1)
+    out = torch.empty(N, A.shape[0], Bm.shape[1], dtype=A.dtype, device=A.device)
+    order = torch.argsort(count)
+    for lo in range(0, N, _GATE_GROUP):
+        rows = order[lo : lo + _GATE_GROUP]
+        r = rows.numel()
+        complement = bool(2 * count[rows].sum() > d * r)
+        needed = ~on[rows] if complement else on[rows]
+        k = max(1, int(needed.sum(1).max()))
+        idx = torch.argsort((~needed).to(torch.int8), dim=1, stable=True)[:, :k]  # needed first
+        idx = idx.masked_fill_(~needed.gather(1, idx), d).reshape(-1)  # padding: the zero row
+        prod = torch.bmm(AT.index_select(0, idx).view(r, k, -1).transpose(1, 2),
+                         B0.index_select(0, idx).view(r, k, -1))  # (r, n_out, n_in)
+        if complement:
+            prod = torch.sub(AB, prod, out=prod)
+        out[rows] = prod
+    return out
