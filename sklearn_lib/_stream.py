@@ -38,7 +38,9 @@ from sklearn_lib._distributed import (
     all_reduce_moments,
     all_reduce_sum,
     batch_shard,
+    open_pass,
     rank_and_world,
+    report_failure,
 )
 from sklearn_lib._linalg import MomentAccumulator
 
@@ -252,6 +254,7 @@ class ActivationStream:
         self.n_samples = n_samples(X)
         self.n_batches = _n_batches(X, self.batch_size)
         self.shard = batch_shard(self.n_batches) if shard else range(self.n_batches)
+        self._sharded = bool(shard)
         self._cache: list[Batch] | None = None
         self._cache_failed = False
         self._validate = is_streamed(X)
@@ -277,14 +280,25 @@ class ActivationStream:
         """
         layers = tuple(layers)
         projections = dict(projections or {})
+        if self._sharded:  # a pass over this rank's shard: its sums are reduced next
+            open_pass()
         if self._cache is not None and set(layers) <= set(self.keep):
             iterator = iter(self._cache)
         else:
             iterator = self._computed(layers)
-        for batch in tqdm(iterator, total=len(self.shard), desc=desc, leave=False,
-                          disable=not self.verbose):
-            acts = {layer: batch.acts[layer] for layer in layers}
-            z = {layer: acts[layer] @ C.T for layer, C in projections.items()}
+        bar = iter(tqdm(iterator, total=len(self.shard), desc=desc, leave=False,
+                        disable=not self.verbose))
+        while True:
+            try:  # reading, validating, computing and projecting this rank's next batch
+                batch = next(bar)
+                acts = {layer: batch.acts[layer] for layer in layers}
+                z = {layer: acts[layer] @ C.T for layer, C in projections.items()}
+            except StopIteration:
+                return
+            except Exception as exc:  # the other ranks must not wait for this one
+                if self._sharded:
+                    report_failure(exc)
+                raise
             yield Batch(batch.index, batch.start, batch.size, acts, z)
 
     def _computed(self, layers: tuple[str, ...]) -> Iterator[Batch]:
