@@ -134,7 +134,10 @@ def check_data(adapter: Any, X: Any, owner: str = "This estimator") -> Any:
         ) from None
     if n == 0:
         raise ValueError("Found 0 samples in the model inputs; at least 1 is required.")
-    first = next(_raw_batches(X, batch_size=1, batches=range(1)))[2]
+    if isinstance(X, DataLoader):  # the first sample only, through the loader's collate
+        first = _inputs_of(X.collate_fn([data[0]]))
+    else:
+        first = next(_raw_batches(X, batch_size=1, batches=range(1)))[2]
     adapter.check_input(first)
     return X
 
@@ -155,7 +158,17 @@ def _raw_batches(X: Any, batch_size: int, batches: range) -> Iterator[tuple[int,
     """``(index, start, inputs)`` of the batches in ``batches`` (not validated)."""
     Dataset, DataLoader = _torch_data()
     if isinstance(X, DataLoader):
-        # The loader's own batches; the ones before this rank's shard are read and skipped.
+        shard = _shard_loader(X, batches) if batches.start > 0 else None
+        if shard is not None:  # this rank's samples only, in the loader's own batches
+            start = batches.start * X.batch_size  # the batches before it are full
+            for offset, batch in enumerate(shard):
+                inputs = _inputs_of(batch)
+                yield batches.start + offset, start, inputs
+                start += len(inputs)
+            return
+        # The loader's own batches from the first: where it cannot be rebuilt over this
+        # rank's samples (see _shard_loader), the batches before the shard are read and
+        # skipped.
         start = 0
         for index, batch in enumerate(itertools.islice(X, batches.stop)):
             inputs = _inputs_of(batch)
@@ -172,6 +185,44 @@ def _raw_batches(X: Any, batch_size: int, batches: range) -> Iterator[tuple[int,
             yield index, lo, np.array(X[lo:hi])  # reads (copies) this slice only
         else:
             yield index, lo, X[lo:hi]
+
+
+def _shard_loader(loader: Any, batches: range) -> Any:
+    """A DataLoader like ``loader`` over the samples of ``batches`` only, or ``None``.
+
+    Built for a plain ``DataLoader`` over a map-style Dataset read in order (a
+    ``SequentialSampler`` in a ``BatchSampler``, what :func:`check_data` accepts): a
+    ``Subset`` of the batches' sample range with the same batch size, collate function,
+    workers and options, so the batches are the ones the whole loader yields there. ``None``
+    (the caller reads and skips the batches before the shard) for a DataLoader subclass, an
+    iterable dataset or another sampler, whose batches cannot be rebuilt from the samples.
+    """
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        IterableDataset,
+        SequentialSampler,
+        Subset,
+    )
+
+    if (type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset)
+            or type(loader.sampler) is not SequentialSampler
+            or type(loader.batch_sampler) is not BatchSampler or not loader.batch_size):
+        return None
+    size = loader.batch_size
+    lo, hi = batches.start * size, min(len(loader.dataset), batches.stop * size)
+    options = {}
+    if loader.num_workers > 0:
+        options.update(prefetch_factor=loader.prefetch_factor,
+                       persistent_workers=loader.persistent_workers)
+    return DataLoader(
+        Subset(loader.dataset, range(lo, hi)), batch_size=size, shuffle=False,
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory, drop_last=loader.drop_last, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
+        pin_memory_device=loader.pin_memory_device, in_order=loader.in_order, **options,
+    )
 
 
 def _n_batches(X: Any, batch_size: int) -> int:

@@ -88,6 +88,20 @@ def run_counting(X=None) -> dict:
     return result
 
 
+class CountingDataset(torch.utils.data.Dataset):
+    """Rows of ``X`` by index; records every index read."""
+
+    def __init__(self, X):
+        self.X, self.read = X, []
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return self.X[i]
+
+
 def _worker(out_dir: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
@@ -97,6 +111,11 @@ def _worker(out_dir: str) -> None:
     # The same inputs memory-mapped: read batch by batch, sharded the same way.
     mapped = run_counting(np.load(Path(out_dir, "X.npy"), mmap_mode="r"))
     Path(out_dir, f"rank{rank}_memmap.json").write_text(json.dumps(mapped))
+    # A DataLoader over a map-style Dataset: each rank reads its own batches only.
+    data = CountingDataset(_problem()[1])
+    loaded = run_counting(torch.utils.data.DataLoader(data, batch_size=BATCH))
+    loaded["read"] = sorted(set(data.read))
+    Path(out_dir, f"rank{rank}_loader.json").write_text(json.dumps(loaded))
     torch.distributed.destroy_process_group()
 
 
@@ -113,7 +132,7 @@ def test_two_ranks_equal_one_process(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}{kind}.json").read_text())
-             for r in range(2) for kind in ("", "_memmap")]
+             for r in range(2) for kind in ("", "_memmap", "_loader")]
 
     single = run_counting()
     for got in ranks:
@@ -129,6 +148,40 @@ def test_two_ranks_equal_one_process(tmp_path):
     # adapter's one-off check and the ablation's label check on a first batch).
     for got in ranks:
         assert got["rows_total"] < 0.5 * single["rows_total"] + 4 * BATCH
+    # Through the DataLoader, rank 1 reads its own shard (batches 5-9) and, of rank 0's, only
+    # the first batch, which every rank reads once for its checks (inputs and labels).
+    read = json.loads((tmp_path / "rank1_loader.json").read_text())["read"]
+    assert set(read) == set(range(BATCH)) | set(range(5 * BATCH, N_SAMPLES))
+
+
+def test_dataloader_shard_reads_only_its_samples(monkeypatch):
+    """Rank 1 of 2 (in one process): the stream reads the items of its batches and no other,
+    in the loader's batches; a DataLoader subclass falls back to reading and skipping."""
+    from torch.utils.data import DataLoader
+
+    from sklearn_lib import _distributed
+    from sklearn_lib._stream import ActivationStream
+
+    adapter, X, _ = _problem()
+    F64 = dict(dtype=torch.float64, device=torch.device("cpu"))
+    whole = [b.acts["1"] for b in ActivationStream(
+        adapter, DataLoader(CountingDataset(X), batch_size=BATCH), batch_size=7, **F64
+    ).batches(["1"])]
+    monkeypatch.setattr(_distributed, "rank_and_world", lambda: (1, 2))
+
+    class Loader(DataLoader):
+        pass
+
+    for cls, expected_read in ((DataLoader, range(5 * BATCH, N_SAMPLES)),
+                               (Loader, range(N_SAMPLES))):
+        data = CountingDataset(X)
+        stream = ActivationStream(adapter, cls(data, batch_size=BATCH), batch_size=7, **F64)
+        got = list(stream.batches(["1"]))
+        assert sorted(data.read) == list(expected_read)
+        assert [(b.index, b.start, b.size) for b in got] == [
+            (i, i * BATCH, min(BATCH, N_SAMPLES - i * BATCH)) for i in range(5, 10)]
+        for b in got:
+            torch.testing.assert_close(b.acts["1"], whole[b.index], rtol=0, atol=0)
 
 
 # -- a rank that raises ---------------------------------------------------------------------
