@@ -288,13 +288,14 @@ class MLPComposite(_FoldedComposite):
         step = _chunk(min(n_out, n_in) * d_mlp * z.element_size(), B * S)
         for lo in range(0, B * S, step):
             g = self.act_prime(rows[lo : lo + step] @ self.Bm.T)  # (b, d_mlp)
-            if self.act_ is not None:  # ReLU: 0/1 gates, through the fewer of on and off
-                X[lo : lo + step] = _gated_products(self, g)
+            if self.act_ is torch.relu_:  # 0/1 gates: through the fewer of on and off units
+                X[lo : lo + step] = _gated_products(self, g)  # L0 included
             elif n_in <= n_out:
                 X[lo : lo + step] = torch.matmul(self.A, g[:, :, None] * self.Bm)
             else:
                 X[lo : lo + step] = torch.matmul(self.A * g[:, None, :], self.Bm)
-        X += self.L0
+        if self.act_ is not torch.relu_:
+            X += self.L0
         return self._place_diagonal(X.reshape(B, S, n_out, n_in), T, sources)
 
     def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
@@ -522,17 +523,17 @@ _GATE_GROUP = 16
 
 
 def _gated_products(mlp: MLPComposite, g: Tensor) -> Tensor:
-    """``A diag(g_r) Bm`` for every row ``g_r`` of 0/1 gates ``g`` of shape (N, d_hidden).
+    """``L0 + A diag(g_r) Bm`` for every row ``g_r`` of 0/1 gates ``g`` of shape (N, d_hidden).
 
-    From the units that are on, or as ``A Bm`` less the units that are off, whichever are
-    fewer: the work scales with ``min(on, off)`` rather than ``d_hidden``. Rows are sorted
+    From the units that are on, or as ``L0 + A Bm`` less the units that are off, whichever
+    are fewer: the work scales with ``min(on, off)`` rather than ``d_hidden``. Rows are sorted
     by their count and gathered in groups of ``_GATE_GROUP`` (padded to the group's largest).
     """
     A, Bm = mlp.A, mlp.Bm
     N, d = g.shape
     if getattr(mlp, "_gated", None) is None:  # A^T and Bm with a zero row d for the padding
         zero = A.new_zeros(1, A.shape[0]), Bm.new_zeros(1, Bm.shape[1])
-        mlp._gated = torch.cat([A.T, zero[0]]), torch.cat([Bm, zero[1]]), A @ Bm
+        mlp._gated = torch.cat([A.T, zero[0]]), torch.cat([Bm, zero[1]]), mlp.L0 + A @ Bm
     AT, B0, AB = mlp._gated
     on = g != 0
     count = on.sum(1)
@@ -550,5 +551,7 @@ def _gated_products(mlp: MLPComposite, g: Tensor) -> Tensor:
                          B0.index_select(0, idx).view(r, k, -1))  # (r, n_out, n_in)
         if complement:
             prod = torch.sub(AB, prod, out=prod)
+        else:
+            prod += mlp.L0
         out[rows] = prod
     return out

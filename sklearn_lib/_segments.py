@@ -149,14 +149,11 @@ class ChainedComposite(CompositeSegment):
                 points.append(link(points[-1]))
         return points
 
-    def _chain(self, points: list[Tensor], sources: Tensor | None, start: int = 0) -> Tensor:
-        """``J_K ... J_1`` from the last link back, one batched GEMM per link; input
-        coordinates ``>= start``."""
+    def _chain(self, points: list[Tensor], sources: Tensor | None) -> Tensor:
+        """``J_K ... J_1`` from the last link back, one batched GEMM per link."""
         jac = self.links[-1].jacobian(points[-1], sources)
         for i in range(len(self.links) - 2, -1, -1):
             inner = self.links[i].jacobian(points[i])  # (B, U, k, T, n)
-            if i == 0 and start:
-                inner = inner[..., start:]
             B, S, n_out, U, K = jac.shape
             T, n = inner.shape[3:]
             jac = torch.bmm(jac.reshape(B, S * n_out, U * K),
@@ -193,11 +190,11 @@ class ChainedComposite(CompositeSegment):
         for lo in range(0, z.shape[0], step):
             chunk = [p[lo : lo + step] for p in points]
             src = None if sources is None else sources[lo : lo + step]
-            jac = self._chain(chunk, src, start)
+            jac = self._chain(chunk, src)  # contiguous: its rows need no copy
             rows = jac.reshape(-1, jac.shape[-1]).to(torch.float64)
             part = rows.T @ rows
             gram = part if gram is None else gram.add_(part)
-        return gram
+        return gram[start:, start:]  # the fixed coordinates left out
 
 
 def make_composite(adapter, layers: list[str], in_map: Tensor, out_map: Tensor, *,

@@ -137,18 +137,20 @@ def test_chunks_of_one_sample_give_the_same(monkeypatch):
 @given(seed=st.integers(0, 2**31 - 1), fraction_on=st.floats(0.0, 1.0),
        n_rows=st.integers(1, 40))
 def test_gated_products_equal_the_dense_product(seed, fraction_on, n_rows):
-    """Through the units that are on or (A Bm less) the ones that are off: the same."""
+    """Through the units that are on or (L0 + A Bm less) the ones that are off: the same."""
     from types import SimpleNamespace
 
     gen = torch.Generator().manual_seed(seed)
     A = torch.randn(4, 11, generator=gen, dtype=torch.float64)
     Bm = torch.randn(11, 3, generator=gen, dtype=torch.float64)
+    L0 = torch.randn(4, 3, generator=gen, dtype=torch.float64)
     # Rows on either side of half the units, with all-on and all-off rows among them.
     p = torch.rand(n_rows, 1, generator=gen, dtype=torch.float64) * fraction_on
     g = (torch.rand(n_rows, 11, generator=gen, dtype=torch.float64) < 2 * p).double()
     g[0] = 1.0 if fraction_on > 0.5 else 0.0
-    dense = torch.einsum("ok,rk,ki->roi", A, g, Bm)
-    assert_same(_gated_products(SimpleNamespace(A=A, Bm=Bm), g), dense, "gated products")
+    dense = L0 + torch.einsum("ok,rk,ki->roi", A, g, Bm)
+    assert_same(_gated_products(SimpleNamespace(A=A, Bm=Bm, L0=L0), g), dense,
+                "gated products")
 
 
 def test_gib_same_with_and_without_closed_forms(monkeypatch):
