@@ -286,15 +286,16 @@ class MLPComposite(_FoldedComposite):
         X = torch.empty(B * S, n_out, n_in, dtype=z.dtype, device=z.device)
         # Scale the smaller of A (n_out x d_mlp) and Bm (d_mlp x n_in) by act'.
         step = _chunk(min(n_out, n_in) * d_mlp * z.element_size(), B * S)
+        gated = self.act_ is torch.relu_ and n_out * d_mlp * n_in >= _GATE_MIN_PRODUCT
         for lo in range(0, B * S, step):
             g = self.act_prime(rows[lo : lo + step] @ self.Bm.T)  # (b, d_mlp)
-            if self.act_ is torch.relu_:  # 0/1 gates: through the fewer of on and off units
+            if gated:  # 0/1 gates: through the fewer of on and off units
                 X[lo : lo + step] = _gated_products(self, g)  # L0 included
             elif n_in <= n_out:
                 X[lo : lo + step] = torch.matmul(self.A, g[:, :, None] * self.Bm)
             else:
                 X[lo : lo + step] = torch.matmul(self.A * g[:, None, :], self.Bm)
-        if self.act_ is not torch.relu_:
+        if not gated:
             X += self.L0
         return self._place_diagonal(X.reshape(B, S, n_out, n_in), T, sources)
 
@@ -520,6 +521,10 @@ class AttentionComposite(_FoldedComposite):
 # -- ReLU Jacobians through the switched units ---------------------------------------------------
 #: Rows of gates gathered at once by :func:`_gated_products`.
 _GATE_GROUP = 16
+#: ``n_out * d_hidden * n_in`` from which a ReLU MLP's Jacobians go through
+#: :func:`_gated_products`: below it the dense product is cheaper than the gathers and the
+#: loop over groups of rows.
+_GATE_MIN_PRODUCT = 2**20
 
 
 def _gated_products(mlp: MLPComposite, g: Tensor) -> Tensor:

@@ -170,3 +170,23 @@ def test_gib_same_with_and_without_closed_forms(monkeypatch):
     for a, b in zip(fast.bases_, slow.bases_):
         assert a.C.shape == b.C.shape
         np.testing.assert_allclose(a.C, b.C, rtol=1e-9, atol=1e-10 * np.abs(b.C).max())
+
+
+def test_gated_relu_jacobians_in_chains(monkeypatch):
+    """Small ReLU MLPs take the dense product; forced through the gathered units (as wide
+    ones are), chains and single segments are the same."""
+    from sklearn_lib.adapters import _transformer_closed_forms as closed_forms
+
+    monkeypatch.setattr(closed_forms, "_GATE_MIN_PRODUCT", 0)
+    calls = []
+    original = closed_forms._gated_products
+    monkeypatch.setattr(closed_forms, "_gated_products",
+                        lambda *a: calls.append(1) or original(*a))
+    overrides, last, n_pos = TRANSFORMERS["modadd-like"]
+    adapter = transformer_adapter(last, **overrides)
+    X = np.random.default_rng(4).integers(0, 9, size=(7, n_pos))
+    check_span(adapter, list(adapter.node_layers), X)
+    mlp = MLPAdapter(random_mlp([5, 8, 7, 4]))
+    check_span(mlp, list(mlp.node_layers), np.random.default_rng(5).normal(size=(9, 5)),
+               n_in=5, n_out=4)
+    assert calls
