@@ -139,7 +139,7 @@ def section_gib(args, model_dir):
     from sklearn_lib import GlobalInteractionBasis, IGEdgeScorer, LocalInteractionBasis
 
     adapter, X, options = _task("modadd", model_dir, 1.0)
-    out = {"n_samples": len(X)}
+    out = {"n_samples": len(X), "load_average": os.getloadavg()}
     for name, cls in (("lib", LocalInteractionBasis), ("gib", GlobalInteractionBasis)):
         cls(adapter, batch_size=256, **options).fit(X[:64])
         fits, builds = [], []
@@ -341,10 +341,11 @@ def table(results: dict) -> str:
         lines.append("")
     if "gib" in results:
         g = results["gib"]
-        lines.append(f"GIB vs LIB on modular addition ({g['n_samples']} rows): fit "
-                     f"{g['gib']['median_fit_seconds']:.2f} s vs {g['lib']['median_fit_seconds']:.2f} s, "
-                     f"build {g['gib']['median_build_seconds']:.2f} s vs "
-                     f"{g['lib']['median_build_seconds']:.2f} s.")
+        load_gib = f" (load average {g['load_average'][0]:.1f})" if "load_average" in g else ""
+        lines.append(f"GIB vs LIB on modular addition ({g['n_samples']} rows){load_gib}: fit "
+                     f"{g['gib']['median_fit_seconds']:.2f} s vs {g['lib']['median_fit_seconds']:.2f} s "
+                     f"({g['gib_over_lib_fit']:.1f}x), build {g['gib']['median_build_seconds']:.2f} s vs "
+                     f"{g['lib']['median_build_seconds']:.2f} s ({g['gib_over_lib_build']:.1f}x).")
     if "mnist" in results:
         lines.append(f"LIB fit on the MNIST MLP ({results['mnist']['n_samples']} rows): "
                      f"{results['mnist']['median_seconds']:.2f} s.")

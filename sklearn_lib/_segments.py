@@ -118,7 +118,9 @@ class ChainedComposite(CompositeSegment):
     the first, which reads the basis ``in_map``, and the last, which writes ``out_map``.
     Jacobians come from the links' per-sample Jacobians (closed forms where the adapter has
     them) by the chain rule, ``J = J_K ... J_1``, evaluated along the forward pass; stochastic
-    sources mix the output positions of the last link only.
+    sources mix the output positions of the last link only. The product runs from the output
+    back (the rows of ``out_map`` pulled through each link: one batched GEMM per link), and
+    :meth:`jacobian_gram` forms it for a chunk of samples at a time (``_CHAIN_BUDGET``).
     """
 
     def __init__(self, links: list[CompositeSegment]) -> None:
