@@ -423,6 +423,8 @@ class AttentionComposite(_FoldedComposite):
         + sum_h a_{h,s,t} U_{h,j,i} + sum_h c_{h,s,i,t} (WK_h q_{h,s})_j`` (``1/scale`` is
         in ``WQ`` and ``q``).
         """
+        if sources is None:  # laid out by input position, in two GEMMs
+            return _attention_jacobian(self, z)
         T = z.shape[1]
         zs, q, k, a, vo = self._forward_parts(z)
         S = zs.shape[1]
@@ -560,3 +562,36 @@ def _gated_products(mlp: MLPComposite, g: Tensor) -> Tensor:
             prod += mlp.L0
         out[rows] = prod
     return out
+
+
+# -- attention Jacobians laid out by input position ---------------------------------------------
+def _attention_jacobian(attn: AttentionComposite, z: Tensor) -> Tensor:
+    """:meth:`AttentionComposite.jacobian` without sources, stored ``(B, S, T, n_out, n_in)``.
+
+    The value path ``sum_h a_{h,s,t} U_h^T`` is one GEMM over the heads and the softmax path
+    ``sum_h c_{h,s,i,t} qK_{h,s,j}`` one batched GEMM added in place, instead of two einsums
+    and a sum of the full tensors; each input position is then a matrix, which a chain of
+    segments multiplies without a copy. Returns the ``(B, S, n_out, T, n_in)`` view.
+    """
+    B, T = z.shape[:2]
+    zs, q, k, a, vo = attn._forward_parts(z)
+    S = zs.shape[1]
+    H, n_in, n_out = attn.U.shape
+    vbar = torch.einsum("bhst,bhti->bhsi", a, vo)
+    c = a[:, :, :, None, :] * (vo.transpose(2, 3)[:, :, None] - vbar[..., None])  # (B,H,S,i,T)
+    qK = torch.einsum("bhsk,hjk->bhsj", q, attn.WK)
+    kQ = torch.einsum("bhtk,hjk->bhtj", k, attn.WQ)
+    diag = attn.L0 + torch.einsum("bhsit,bhtj->bsij", c, kQ)  # (B, S, n_out, n_in)
+    Ut = getattr(attn, "_Ut", None)
+    if Ut is None:
+        Ut = attn._Ut = attn.U.transpose(1, 2).reshape(H, n_out * n_in)  # (h, (i, j))
+    J = torch.mm(a.permute(0, 2, 3, 1).reshape(B * S * T, H), Ut).view(B * S, T * n_out, n_in)
+    J.baddbmm_(c.permute(0, 2, 4, 3, 1).reshape(B * S, T * n_out, H),
+               qK.transpose(1, 2).reshape(B * S, H, n_in))
+    J = J.view(B, S, T, n_out, n_in)
+    if S == 1:  # the last position only
+        J[:, 0, T - 1] += diag[:, 0]
+    else:
+        idx = torch.arange(S, device=J.device)
+        J[:, idx, idx] += diag  # adjacent advanced indices stay in place: (B, S, ...)
+    return J.permute(0, 1, 3, 2, 4)

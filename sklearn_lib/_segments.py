@@ -152,14 +152,26 @@ class ChainedComposite(CompositeSegment):
         return points
 
     def _chain(self, points: list[Tensor], sources: Tensor | None) -> Tensor:
-        """``J_K ... J_1`` from the last link back, one batched GEMM per link."""
+        """``J_K ... J_1`` from the last link back, one batched GEMM per link.
+
+        A link Jacobian laid out by input position (``(B, U, k, T, n)`` strided so that each
+        position is a matrix, as the attention closed form makes it) is multiplied position by
+        position, without a copy; the product is then stored position first (a permuted view
+        is returned).
+        """
         jac = self.links[-1].jacobian(points[-1], sources)
         for i in range(len(self.links) - 2, -1, -1):
             inner = self.links[i].jacobian(points[i])  # (B, U, k, T, n)
             B, S, n_out, U, K = jac.shape
             T, n = inner.shape[3:]
-            jac = torch.bmm(jac.reshape(B, S * n_out, U * K),
-                            inner.reshape(B, U * K, T * n)).reshape(B, S, n_out, T, n)
+            left = jac.reshape(B, S * n_out, U * K)
+            if inner.is_contiguous():
+                jac = torch.bmm(left, inner.view(B, U * K, T * n)).view(B, S, n_out, T, n)
+                continue
+            out = torch.empty(T, B, S * n_out, n, dtype=left.dtype, device=left.device)
+            for t in range(T):
+                torch.bmm(left, inner[:, :, :, t, :].reshape(B, U * K, n), out=out[t])
+            jac = out.view(T, B, S, n_out, n).permute(1, 2, 3, 0, 4)
         return jac
 
     def _rows_per_chunk(self, z: Tensor, sources: Tensor | None) -> int:
@@ -192,7 +204,9 @@ class ChainedComposite(CompositeSegment):
         for lo in range(0, z.shape[0], step):
             chunk = [p[lo : lo + step] for p in points]
             src = None if sources is None else sources[lo : lo + step]
-            jac = self._chain(chunk, src)  # contiguous: its rows need no copy
+            jac = self._chain(chunk, src)
+            if not jac.is_contiguous():  # stored position first: its rows, in another order
+                jac = jac.permute(3, 0, 1, 2, 4)
             rows = jac.reshape(-1, jac.shape[-1]).to(torch.float64)
             part = rows.T @ rows
             gram = part if gram is None else gram.add_(part)
