@@ -185,27 +185,16 @@ def test_dataloader_shard_reads_only_its_samples(monkeypatch):
 
 
 # -- a rank that raises ---------------------------------------------------------------------
-def _failing_worker(out_dir: str, mode: str) -> None:
-    """Rank 1 raises inside a pass: on bad data in its shard ("data": every rank catches the
-    error, records it and fits clean data again, in step) or in the estimator's own
-    per-batch step ("step": uncaught, reported as the process ends)."""
+def _failing_worker(out_dir: str) -> None:
+    """Rank 1 raises inside a pass, twice: on bad data in its shard (every rank catches the
+    error, records it and fits clean data again, in step), then in the estimator's own
+    per-batch step (uncaught: reported as the process ends)."""
     from sklearn_lib import LocalInteractionBasis
 
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
     adapter, X, _ = _problem()
-    if mode == "step":
-        if rank == 1:
-            import sklearn_lib._interaction as interaction
-
-            def broken(*args, **kwargs):
-                raise RuntimeError("injected failure in rank 1's step")
-
-            interaction.rademacher = broken
-        LocalInteractionBasis(adapter, batch_size=BATCH, n_stochastic_sources=2,
-                              random_state=0).fit(X)
-        return
     bad = np.array(X)
     bad[N_SAMPLES - 3] = np.nan  # in the last batch: rank 1's shard only
     path = Path(out_dir, f"bad{rank}.npy")
@@ -216,23 +205,28 @@ def _failing_worker(out_dir: str, mode: str) -> None:
         Path(out_dir, f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
     lib = LocalInteractionBasis(adapter, batch_size=BATCH).fit(X)  # the ranks are in step
     Path(out_dir, f"clean{rank}.json").write_text(json.dumps([b.C.tolist() for b in lib.bases_]))
-    raise SystemExit(1)
+    if rank == 1:
+        import sklearn_lib._interaction as interaction
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("injected failure in rank 1's step")
+
+        interaction.rademacher = broken
+    LocalInteractionBasis(adapter, batch_size=BATCH, n_stochastic_sources=2,
+                          random_state=0).fit(X)
 
 
-def _launch(tmp_path, *args, timeout=240):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-           "2", str(Path(__file__).resolve()), str(tmp_path), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def test_bad_data_on_one_rank_raises_on_every_rank(tmp_path):
+def test_a_rank_that_raises_stops_every_rank(tmp_path):
     """NaN inputs in rank 1's shard: rank 1 raises the input error, rank 0 a RankFailedError
-    naming rank 1 and its error (no rank waits), and both can go on fitting in step."""
+    naming rank 1 and its error (no rank waits), and both can go on fitting in step. Then an
+    uncaught error in the estimator's per-batch step on rank 1 is reported as that process
+    ends: rank 0 raises RankFailedError naming it instead of waiting, and both exit non-zero."""
     from sklearn_lib import LocalInteractionBasis
 
-    proc = _launch(tmp_path, "data")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", str(Path(__file__).resolve()), str(tmp_path), "fail"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode != 0
     errors = [(tmp_path / f"error{r}.txt").read_text() for r in range(2)]
     assert errors[1].startswith("ValueError: Model inputs contain NaN"), errors[1]
@@ -244,13 +238,6 @@ def test_bad_data_on_one_rank_raises_on_every_rank(tmp_path):
         got = json.loads((tmp_path / f"clean{r}.json").read_text())
         for C, b in zip(got, single.bases_):
             assert _rel(C, b.C) < 1e-12
-
-
-def test_error_in_a_step_of_one_rank_ends_every_rank(tmp_path):
-    """An uncaught error in the estimator's per-batch step on rank 1 is reported as that
-    process ends: rank 0 raises RankFailedError naming it instead of waiting."""
-    proc = _launch(tmp_path, "step")
-    assert proc.returncode != 0
     assert "RuntimeError: injected failure in rank 1's step" in proc.stderr
     assert ("RankFailedError: Rank 1 of 2 raised during a data-parallel pass (rank 1: "
             "RuntimeError: injected failure in rank 1's step)") in proc.stderr
@@ -258,6 +245,6 @@ def test_error_in_a_step_of_one_rank_ends_every_rank(tmp_path):
 
 if __name__ == "__main__":
     if len(sys.argv) > 2:
-        _failing_worker(sys.argv[1], sys.argv[2])
+        _failing_worker(sys.argv[1])
     else:
         _worker(sys.argv[1])
