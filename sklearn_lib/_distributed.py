@@ -11,8 +11,8 @@ Only :mod:`sklearn_lib._stream` calls these helpers; no estimator knows about pr
 
 A rank that raises must not leave the others waiting in a collective. Every collective here
 is *guarded*: it first exchanges one flag per rank (did it fail?). A rank that raises while
-reading or computing its shard of a pass (:func:`open_pass` was called and no collective
-followed) reports the failure (:func:`report_failure`) at the collective the other ranks
+reading or computing its shard of a pass (between :func:`open_pass` and
+:func:`close_pass`, or the next collective) reports the failure (:func:`report_failure`) at the collective the other ranks
 wait in, then raises its own error; the others raise :class:`RankFailedError` naming the
 failing rank and its error. Errors raised in the stream itself (reading, validating or
 computing a batch) are reported at once; an error raised elsewhere during a pass (an
@@ -35,6 +35,7 @@ __all__ = [
     "all_reduce_moments",
     "all_reduce_sum",
     "batch_shard",
+    "close_pass",
     "is_distributed",
     "open_pass",
     "rank_and_world",
@@ -154,6 +155,15 @@ def open_pass() -> None:
     if is_distributed():
         _install_excepthook()
         _state["open"] = True
+
+
+def close_pass() -> None:
+    """This rank has read its whole shard: an error from here on is not reported.
+
+    A pass may be followed by no collective (and an error after it must not wait for one),
+    so only an error while the shard is being read is reported.
+    """
+    _state["open"] = False
 
 
 def report_failure(exc: BaseException) -> None:

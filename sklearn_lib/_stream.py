@@ -38,6 +38,7 @@ from sklearn_lib._distributed import (
     all_reduce_moments,
     all_reduce_sum,
     batch_shard,
+    close_pass,
     open_pass,
     rank_and_world,
     report_failure,
@@ -344,7 +345,8 @@ class ActivationStream:
                 batch = next(bar)
                 acts = {layer: batch.acts[layer] for layer in layers}
                 z = {layer: acts[layer] @ C.T for layer, C in projections.items()}
-            except StopIteration:
+            except StopIteration:  # read to the end: nothing of this pass can fail here now
+                close_pass()
                 return
             except Exception as exc:  # the other ranks must not wait for this one
                 if self._sharded:
