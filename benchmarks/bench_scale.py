@@ -139,7 +139,7 @@ def section_gib(args, model_dir):
     from sklearn_lib import GlobalInteractionBasis, IGEdgeScorer, LocalInteractionBasis
 
     adapter, X, options = _task("modadd", model_dir, 1.0)
-    out = {"n_samples": len(X), "load_average": os.getloadavg()}
+    out = {"n_samples": len(X)}
     for name, cls in (("lib", LocalInteractionBasis), ("gib", GlobalInteractionBasis)):
         cls(adapter, batch_size=256, **options).fit(X[:64])
         fits, builds = [], []
@@ -389,15 +389,23 @@ def main() -> None:
     results = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
                            "cpus": os.cpu_count(), "load_average": os.getloadavg()},
                "repeats": args.repeats, "modadd_base": args.modadd_base}
+    run = args.sections.split(",")
     if args.json.is_file():  # keep the sections not run this time
-        results = {**json.loads(args.json.read_text()), **results}
+        previous = json.loads(args.json.read_text())
+        results = {**previous, **results}
+        if set(run) != set(sections) and "machine" in previous:
+            # The header describes the run of the other sections; each section records the
+            # load average at its own start.
+            results["machine"] = previous["machine"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sections.split(","):
+        for name in run:
             print(f"[{name}]", flush=True)
-            t = time.perf_counter()
+            t, load = time.perf_counter(), os.getloadavg()
             results[name] = sections[name](args, Path(tmp))
             results[name]["section_seconds"] = time.perf_counter() - t
-    results["machine"]["load_average_end"] = os.getloadavg()
+            results[name]["load_average"] = load
+    if set(run) == set(sections):
+        results["machine"]["load_average_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     write_section("scale", table(results))
