@@ -313,13 +313,17 @@ class MLPComposite(_FoldedComposite):
         X = torch.empty(B * S, n_out, n_in, dtype=z.dtype, device=z.device)
         # Scale the smaller of A (n_out x d_mlp) and Bm (d_mlp x n_in) by act'.
         step = _chunk(min(n_out, n_in) * d_mlp * z.element_size(), B * S)
+        gated = self.act_ is torch.relu_ and n_out * d_mlp * n_in >= _GATE_MIN_PRODUCT
         for lo in range(0, B * S, step):
             g = self.act_prime(rows[lo : lo + step] @ self.Bm.T)  # (b, d_mlp)
-            if n_in <= n_out:
+            if gated:  # 0/1 gates: through the fewer of on and off units
+                X[lo : lo + step] = _gated_products(self, g)  # L0 included
+            elif n_in <= n_out:
                 X[lo : lo + step] = torch.matmul(self.A, g[:, :, None] * self.Bm)
             else:
                 X[lo : lo + step] = torch.matmul(self.A * g[:, None, :], self.Bm)
-        X += self.L0
+        if not gated:
+            X += self.L0
         return self._place_diagonal(X.reshape(B, S, n_out, n_in), T, sources)
 
     def jacobian_gram(self, z: Tensor, sources: Tensor | None = None, start: int = 0,
@@ -447,6 +451,8 @@ class AttentionComposite(_FoldedComposite):
         + sum_h a_{h,s,t} U_{h,j,i} + sum_h c_{h,s,i,t} (WK_h q_{h,s})_j`` (``1/scale`` is
         in ``WQ`` and ``q``).
         """
+        if sources is None:  # laid out by input position, in two GEMMs
+            return _attention_jacobian(self, z)
         T = z.shape[1]
         zs, q, k, a, vo = self._forward_parts(z)
         S = zs.shape[1]
@@ -540,3 +546,80 @@ class AttentionComposite(_FoldedComposite):
             out[..., outs.reshape(-1)] += torch.einsum("bchst,bchrt->bscr", a, vo).reshape(
                 B, S, -1)
         return out
+
+
+# -- ReLU Jacobians through the switched units ---------------------------------------------------
+#: Rows of gates gathered at once by :func:`_gated_products`.
+_GATE_GROUP = 16
+#: ``n_out * d_hidden * n_in`` from which a ReLU MLP's Jacobians go through
+#: :func:`_gated_products`: below it the dense product is cheaper than the gathers and the
+#: loop over groups of rows.
+_GATE_MIN_PRODUCT = 2**20
+
+
+def _gated_products(mlp: MLPComposite, g: Tensor) -> Tensor:
+    """``L0 + A diag(g_r) Bm`` for every row ``g_r`` of 0/1 gates ``g`` of shape (N, d_hidden).
+
+    From the units that are on, or as ``L0 + A Bm`` less the units that are off, whichever
+    are fewer: the work scales with ``min(on, off)`` rather than ``d_hidden``. Rows are sorted
+    by their count and gathered in groups of ``_GATE_GROUP`` (padded to the group's largest).
+    """
+    A, Bm = mlp.A, mlp.Bm
+    N, d = g.shape
+    if getattr(mlp, "_gated", None) is None:  # A^T and Bm with a zero row d for the padding
+        zero = A.new_zeros(1, A.shape[0]), Bm.new_zeros(1, Bm.shape[1])
+        mlp._gated = torch.cat([A.T, zero[0]]), torch.cat([Bm, zero[1]]), mlp.L0 + A @ Bm
+    AT, B0, AB = mlp._gated
+    on = g != 0
+    count = on.sum(1)
+    out = torch.empty(N, A.shape[0], Bm.shape[1], dtype=A.dtype, device=A.device)
+    order = torch.argsort(count)
+    for lo in range(0, N, _GATE_GROUP):
+        rows = order[lo : lo + _GATE_GROUP]
+        r = rows.numel()
+        complement = bool(2 * count[rows].sum() > d * r)
+        needed = ~on[rows] if complement else on[rows]
+        k = max(1, int(needed.sum(1).max()))
+        idx = torch.argsort((~needed).to(torch.int8), dim=1, stable=True)[:, :k]  # needed first
+        idx = idx.masked_fill_(~needed.gather(1, idx), d).reshape(-1)  # padding: the zero row
+        prod = torch.bmm(AT.index_select(0, idx).view(r, k, -1).transpose(1, 2),
+                         B0.index_select(0, idx).view(r, k, -1))  # (r, n_out, n_in)
+        if complement:
+            prod = torch.sub(AB, prod, out=prod)
+        else:
+            prod += mlp.L0
+        out[rows] = prod
+    return out
+
+
+# -- attention Jacobians laid out by input position ---------------------------------------------
+def _attention_jacobian(attn: AttentionComposite, z: Tensor) -> Tensor:
+    """:meth:`AttentionComposite.jacobian` without sources, stored ``(B, S, T, n_out, n_in)``.
+
+    The value path ``sum_h a_{h,s,t} U_h^T`` is one GEMM over the heads and the softmax path
+    ``sum_h c_{h,s,i,t} qK_{h,s,j}`` one batched GEMM added in place, instead of two einsums
+    and a sum of the full tensors; each input position is then a matrix, which a chain of
+    segments multiplies without a copy. Returns the ``(B, S, n_out, T, n_in)`` view.
+    """
+    B, T = z.shape[:2]
+    zs, q, k, a, vo = attn._forward_parts(z)
+    S = zs.shape[1]
+    H, n_in, n_out = attn.U.shape
+    vbar = torch.einsum("bhst,bhti->bhsi", a, vo)
+    c = a[:, :, :, None, :] * (vo.transpose(2, 3)[:, :, None] - vbar[..., None])  # (B,H,S,i,T)
+    qK = torch.einsum("bhsk,hjk->bhsj", q, attn.WK)
+    kQ = torch.einsum("bhtk,hjk->bhtj", k, attn.WQ)
+    diag = attn.L0 + torch.einsum("bhsit,bhtj->bsij", c, kQ)  # (B, S, n_out, n_in)
+    Ut = getattr(attn, "_Ut", None)
+    if Ut is None:
+        Ut = attn._Ut = attn.U.transpose(1, 2).reshape(H, n_out * n_in)  # (h, (i, j))
+    J = torch.mm(a.permute(0, 2, 3, 1).reshape(B * S * T, H), Ut).view(B * S, T * n_out, n_in)
+    J.baddbmm_(c.permute(0, 2, 4, 3, 1).reshape(B * S, T * n_out, H),
+               qK.transpose(1, 2).reshape(B * S, H, n_in))
+    J = J.view(B, S, T, n_out, n_in)
+    if S == 1:  # the last position only
+        J[:, 0, T - 1] += diag[:, 0]
+    else:
+        idx = torch.arange(S, device=J.device)
+        J[:, idx, idx] += diag  # adjacent advanced indices stay in place: (B, S, ...)
+    return J.permute(0, 1, 3, 2, 4)

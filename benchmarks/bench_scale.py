@@ -341,10 +341,11 @@ def table(results: dict) -> str:
         lines.append("")
     if "gib" in results:
         g = results["gib"]
-        lines.append(f"GIB vs LIB on modular addition ({g['n_samples']} rows): fit "
-                     f"{g['gib']['median_fit_seconds']:.2f} s vs {g['lib']['median_fit_seconds']:.2f} s, "
-                     f"build {g['gib']['median_build_seconds']:.2f} s vs "
-                     f"{g['lib']['median_build_seconds']:.2f} s.")
+        load_gib = f" (load average {g['load_average'][0]:.1f})" if "load_average" in g else ""
+        lines.append(f"GIB vs LIB on modular addition ({g['n_samples']} rows){load_gib}: fit "
+                     f"{g['gib']['median_fit_seconds']:.2f} s vs {g['lib']['median_fit_seconds']:.2f} s "
+                     f"({g['gib_over_lib_fit']:.1f}x), build {g['gib']['median_build_seconds']:.2f} s vs "
+                     f"{g['lib']['median_build_seconds']:.2f} s ({g['gib_over_lib_build']:.1f}x).")
     if "mnist" in results:
         lines.append(f"LIB fit on the MNIST MLP ({results['mnist']['n_samples']} rows): "
                      f"{results['mnist']['median_seconds']:.2f} s.")
@@ -388,15 +389,23 @@ def main() -> None:
     results = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
                            "cpus": os.cpu_count(), "load_average": os.getloadavg()},
                "repeats": args.repeats, "modadd_base": args.modadd_base}
+    run = args.sections.split(",")
     if args.json.is_file():  # keep the sections not run this time
-        results = {**json.loads(args.json.read_text()), **results}
+        previous = json.loads(args.json.read_text())
+        results = {**previous, **results}
+        if set(run) != set(sections) and "machine" in previous:
+            # The header describes the run of the other sections; each section records the
+            # load average at its own start.
+            results["machine"] = previous["machine"]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.sections.split(","):
+        for name in run:
             print(f"[{name}]", flush=True)
-            t = time.perf_counter()
+            t, load = time.perf_counter(), os.getloadavg()
             results[name] = sections[name](args, Path(tmp))
             results[name]["section_seconds"] = time.perf_counter() - t
-    results["machine"]["load_average_end"] = os.getloadavg()
+            results[name]["load_average"] = load
+    if set(run) == set(sections):
+        results["machine"]["load_average_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     write_section("scale", table(results))

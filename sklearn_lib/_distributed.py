@@ -8,9 +8,22 @@ ends with the sums one process would have computed (up to the order of the addit
 single process (``torch.distributed`` not initialised) every helper here is the identity.
 
 Only :mod:`sklearn_lib._stream` calls these helpers; no estimator knows about processes.
+
+A rank that raises must not leave the others waiting in a collective. Every collective here
+is *guarded*: it first exchanges one flag per rank (did it fail?). A rank that raises while
+reading or computing its shard of a pass (between :func:`open_pass` and
+:func:`close_pass`, or the next collective) reports the failure (:func:`report_failure`) at the collective the other ranks
+wait in, then raises its own error; the others raise :class:`RankFailedError` naming the
+failing rank and its error. Errors raised in the stream itself (reading, validating or
+computing a batch) are reported at once; an error raised elsewhere during a pass (an
+estimator's own per-batch step) is reported when it ends the process (an uncaught
+exception, through ``sys.excepthook``). A rank that catches such an error and carries on
+leaves the others waiting; let it propagate.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from torch import Tensor
@@ -18,12 +31,25 @@ from torch import Tensor
 from sklearn_lib._linalg import MomentAccumulator
 
 __all__ = [
+    "RankFailedError",
     "all_reduce_moments",
     "all_reduce_sum",
     "batch_shard",
+    "close_pass",
     "is_distributed",
+    "open_pass",
     "rank_and_world",
+    "report_failure",
 ]
+
+
+class RankFailedError(RuntimeError):
+    """Another rank raised during a data-parallel pass; this rank stops too."""
+
+
+#: ``open``: this rank is inside a sharded pass whose next collective is a guarded one (the
+#: other ranks will wait there); ``hook``: the ``sys.excepthook`` that reports is installed.
+_state = {"open": False, "hook": False}
 
 
 def is_distributed() -> bool:
@@ -65,6 +91,7 @@ def all_reduce_sum(*tensors: Tensor) -> tuple[Tensor, ...]:
     """
     if not is_distributed():
         return tensors
+    _check_ranks()
     out = []
     for t in tensors:
         buf = t.detach().to(_reduce_device(t)).clone().contiguous()
@@ -82,6 +109,7 @@ def all_reduce_moments(acc: MomentAccumulator) -> MomentAccumulator:
     """
     if not is_distributed():
         return acc
+    _check_ranks()
     rank, world = rank_and_world()
     # Every rank must know the dimension even where its shard was empty.
     dim = torch.tensor([acc.mean.shape[0] if acc.count else -1], dtype=torch.float64)
@@ -115,3 +143,83 @@ def _gather(*tensors: Tensor) -> tuple[Tensor, ...]:
         torch.distributed.all_gather(parts, local)
         out.append(torch.stack(parts))
     return tuple(out)
+
+
+# -- failures ------------------------------------------------------------------------------------
+def open_pass() -> None:
+    """Mark this rank inside a sharded pass: its next collective is a guarded one.
+
+    Until then, an error on this rank is reported to the others (:func:`report_failure`).
+    A no-op in a single process.
+    """
+    if is_distributed():
+        _install_excepthook()
+        _state["open"] = True
+
+
+def close_pass() -> None:
+    """This rank has read its whole shard: an error from here on is not reported.
+
+    A pass may be followed by no collective (and an error after it must not wait for one),
+    so only an error while the shard is being read is reported.
+    """
+    _state["open"] = False
+
+
+def report_failure(exc: BaseException) -> None:
+    """Tell the other ranks, at the collective they wait in, that this rank raised ``exc``.
+
+    Called by the rank that failed, which then raises its own error. Only inside a pass
+    (after :func:`open_pass`, before the next collective): elsewhere the other ranks are not
+    waiting in a guarded collective, and nothing is sent.
+    """
+    if not (_state["open"] and is_distributed()) or isinstance(exc, RankFailedError):
+        return
+    _state["open"] = False
+    _exchange(f"{type(exc).__name__}: {exc}")
+
+
+def _check_ranks() -> None:
+    """The guard of every collective: raise :class:`RankFailedError` if another rank failed."""
+    _state["open"] = False
+    _exchange(None)
+
+
+def _exchange(failure: str | None) -> None:
+    """One flag per rank; where some rank failed, its message to every rank, then raise.
+
+    The rank that failed (``failure`` given) returns and raises its own error; the others
+    raise :class:`RankFailedError`.
+    """
+    rank, world = rank_and_world()
+    (flags,) = _gather(torch.tensor([0.0 if failure is None else 1.0], dtype=torch.float64))
+    failed = [r for r in range(world) if flags[r].item()]
+    if not failed:
+        return
+    messages: list = [None] * world
+    torch.distributed.all_gather_object(messages, failure)
+    if failure is None:
+        detail = "; ".join(f"rank {r}: {messages[r]}" for r in failed)
+        which = f"Rank{'s' if len(failed) > 1 else ''} {', '.join(map(str, failed))}"
+        raise RankFailedError(
+            f"{which} of {world} raised during a data-parallel pass ({detail}); "
+            f"rank {rank} stops too. Fix the error the failing rank reports in its log and "
+            "relaunch."
+        )
+
+
+def _install_excepthook() -> None:
+    """Report an uncaught exception raised inside a pass before the process ends."""
+    if _state["hook"]:
+        return
+    previous = sys.excepthook
+
+    def hook(tp, value, tb):
+        previous(tp, value, tb)  # the traceback first: it is what the user needs
+        try:
+            report_failure(value)
+        except Exception:  # the others already gone: nothing left to tell
+            pass
+
+    sys.excepthook = hook
+    _state["hook"] = True

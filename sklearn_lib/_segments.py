@@ -29,6 +29,11 @@ __all__ = [
     "segment_gram",
 ]
 
+#: Bytes of the largest link Jacobian of one chunk of a :class:`ChainedComposite` (its
+#: batch is processed in chunks of samples: small enough to stay in cache, large enough
+#: for efficient batched GEMMs).
+_CHAIN_BUDGET = 2 * 2**20
+
 
 class CompositeSegment:
     """``G(z) = seg(z @ in_map.T) @ out_map.T`` on ``Float[Tensor, "batch pos n_in"]``.
@@ -352,7 +357,9 @@ class ChainedComposite(CompositeSegment):
     the first, which reads the basis ``in_map``, and the last, which writes ``out_map``.
     Jacobians come from the links' per-sample Jacobians (closed forms where the adapter has
     them) by the chain rule, ``J = J_K ... J_1``, evaluated along the forward pass; stochastic
-    sources mix the output positions of the last link only.
+    sources mix the output positions of the last link only. The product runs from the output
+    back (the rows of ``out_map`` pulled through each link: one batched GEMM per link), and
+    :meth:`jacobian_gram` forms it for a chunk of samples at a time (``_CHAIN_BUDGET``).
     """
 
     def __init__(self, links: list[CompositeSegment]) -> None:
@@ -360,6 +367,8 @@ class ChainedComposite(CompositeSegment):
         self.in_map = links[0].in_map
         self.out_map = links[-1].out_map
         self.chunk_size = links[0].chunk_size
+        self._chunk_key = None
+        self._chunk_rows = 1
 
         def chained(f: Tensor) -> Tensor:
             for link in links:
@@ -373,17 +382,74 @@ class ChainedComposite(CompositeSegment):
             z = link(z)
         return z
 
-    def jacobian(self, z: Tensor, sources: Tensor | None = None) -> Tensor:
-        """``(batch, S, n_out, T_in, n_in)``: the product of the links' Jacobians."""
+    def _points(self, z: Tensor) -> list[Tensor]:
+        """The input of every link along the forward pass."""
         points = [z]
         with torch.no_grad():
             for link in self.links[:-1]:
                 points.append(link(points[-1]))
+        return points
+
+    def _chain(self, points: list[Tensor], sources: Tensor | None) -> Tensor:
+        """``J_K ... J_1`` from the last link back, one batched GEMM per link.
+
+        A link Jacobian laid out by input position (``(B, U, k, T, n)`` strided so that each
+        position is a matrix, as the attention closed form makes it) is multiplied position by
+        position, without a copy; the product is then stored position first (a permuted view
+        is returned).
+        """
         jac = self.links[-1].jacobian(points[-1], sources)
-        for link, point in zip(self.links[-2::-1], points[-2::-1]):
-            inner = link.jacobian(point)  # (B, U, k, T, n)
-            jac = torch.einsum("bsiuk,buktj->bsitj", jac, inner)
+        for i in range(len(self.links) - 2, -1, -1):
+            inner = self.links[i].jacobian(points[i])  # (B, U, k, T, n)
+            B, S, n_out, U, K = jac.shape
+            T, n = inner.shape[3:]
+            left = jac.reshape(B, S * n_out, U * K)
+            if inner.is_contiguous():
+                jac = torch.bmm(left, inner.view(B, U * K, T * n)).view(B, S, n_out, T, n)
+                continue
+            out = torch.empty(T, B, S * n_out, n, dtype=left.dtype, device=left.device)
+            for t in range(T):
+                torch.bmm(left, inner[:, :, :, t, :].reshape(B, U * K, n), out=out[t])
+            jac = out.view(T, B, S, n_out, n).permute(1, 2, 3, 0, 4)
         return jac
+
+    def _rows_per_chunk(self, z: Tensor, sources: Tensor | None) -> int:
+        """Samples per chunk: the largest link Jacobian of a chunk within ``_CHAIN_BUDGET``."""
+        key = (tuple(z.shape[1:]), None if sources is None else tuple(sources.shape[1:]))
+        if self._chunk_key != key:
+            points = self._points(z[:1])
+            src = None if sources is None else sources[:1]
+            sizes = [self.links[-1].jacobian(points[-1], src).numel()]
+            sizes += [link.jacobian(p).numel() for link, p in zip(self.links, points)]
+            self._chunk_key = key
+            self._chunk_rows = max(1, _CHAIN_BUDGET // (max(sizes) * z.element_size()))
+        return self._chunk_rows
+
+    def jacobian(self, z: Tensor, sources: Tensor | None = None) -> Tensor:
+        """``(batch, S, n_out, T_in, n_in)``: the product of the links' Jacobians."""
+        return self._chain(self._points(z), sources)
+
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
+                      start: int = 0) -> Tensor:
+        """As :meth:`CompositeSegment.jacobian_gram`, over chunks of the batch.
+
+        Each chunk's chained Jacobian is formed and reduced at once, so no more than a chunk
+        (``_CHAIN_BUDGET`` bytes of the widest link Jacobian) is ever held and the
+        temporaries stay in cache.
+        """
+        step = self._rows_per_chunk(z, sources)
+        points = self._points(z)
+        gram = None
+        for lo in range(0, z.shape[0], step):
+            chunk = [p[lo : lo + step] for p in points]
+            src = None if sources is None else sources[lo : lo + step]
+            jac = self._chain(chunk, src)
+            if not jac.is_contiguous():  # stored position first: its rows, in another order
+                jac = jac.permute(3, 0, 1, 2, 4)
+            rows = jac.reshape(-1, jac.shape[-1]).to(torch.float64)
+            part = rows.T @ rows
+            gram = part if gram is None else gram.add_(part)
+        return gram[start:, start:]  # the fixed coordinates left out
 
 
 def make_composite(adapter, layers: list[str], in_map: Tensor, out_map: Tensor, *,

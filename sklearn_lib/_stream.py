@@ -38,7 +38,10 @@ from sklearn_lib._distributed import (
     all_reduce_moments,
     all_reduce_sum,
     batch_shard,
+    close_pass,
+    open_pass,
     rank_and_world,
+    report_failure,
 )
 from sklearn_lib._linalg import MomentAccumulator
 
@@ -132,7 +135,10 @@ def check_data(adapter: Any, X: Any, owner: str = "This estimator") -> Any:
         ) from None
     if n == 0:
         raise ValueError("Found 0 samples in the model inputs; at least 1 is required.")
-    first = next(_raw_batches(X, batch_size=1, batches=range(1)))[2]
+    if isinstance(X, DataLoader):  # the first sample only, through the loader's collate
+        first = _inputs_of(X.collate_fn([data[0]]))
+    else:
+        first = next(_raw_batches(X, batch_size=1, batches=range(1)))[2]
     adapter.check_input(first)
     return X
 
@@ -153,7 +159,17 @@ def _raw_batches(X: Any, batch_size: int, batches: range) -> Iterator[tuple[int,
     """``(index, start, inputs)`` of the batches in ``batches`` (not validated)."""
     Dataset, DataLoader = _torch_data()
     if isinstance(X, DataLoader):
-        # The loader's own batches; the ones before this rank's shard are read and skipped.
+        shard = _shard_loader(X, batches) if batches.start > 0 else None
+        if shard is not None:  # this rank's samples only, in the loader's own batches
+            start = batches.start * X.batch_size  # the batches before it are full
+            for offset, batch in enumerate(shard):
+                inputs = _inputs_of(batch)
+                yield batches.start + offset, start, inputs
+                start += len(inputs)
+            return
+        # The loader's own batches from the first: where it cannot be rebuilt over this
+        # rank's samples (see _shard_loader), the batches before the shard are read and
+        # skipped.
         start = 0
         for index, batch in enumerate(itertools.islice(X, batches.stop)):
             inputs = _inputs_of(batch)
@@ -170,6 +186,44 @@ def _raw_batches(X: Any, batch_size: int, batches: range) -> Iterator[tuple[int,
             yield index, lo, np.array(X[lo:hi])  # reads (copies) this slice only
         else:
             yield index, lo, X[lo:hi]
+
+
+def _shard_loader(loader: Any, batches: range) -> Any:
+    """A DataLoader like ``loader`` over the samples of ``batches`` only, or ``None``.
+
+    Built for a plain ``DataLoader`` over a map-style Dataset read in order (a
+    ``SequentialSampler`` in a ``BatchSampler``, what :func:`check_data` accepts): a
+    ``Subset`` of the batches' sample range with the same batch size, collate function,
+    workers and options, so the batches are the ones the whole loader yields there. ``None``
+    (the caller reads and skips the batches before the shard) for a DataLoader subclass, an
+    iterable dataset or another sampler, whose batches cannot be rebuilt from the samples.
+    """
+    from torch.utils.data import (
+        BatchSampler,
+        DataLoader,
+        IterableDataset,
+        SequentialSampler,
+        Subset,
+    )
+
+    if (type(loader) is not DataLoader or isinstance(loader.dataset, IterableDataset)
+            or type(loader.sampler) is not SequentialSampler
+            or type(loader.batch_sampler) is not BatchSampler or not loader.batch_size):
+        return None
+    size = loader.batch_size
+    lo, hi = batches.start * size, min(len(loader.dataset), batches.stop * size)
+    options = {}
+    if loader.num_workers > 0:
+        options.update(prefetch_factor=loader.prefetch_factor,
+                       persistent_workers=loader.persistent_workers)
+    return DataLoader(
+        Subset(loader.dataset, range(lo, hi)), batch_size=size, shuffle=False,
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory, drop_last=loader.drop_last, timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
+        pin_memory_device=loader.pin_memory_device, in_order=loader.in_order, **options,
+    )
 
 
 def _n_batches(X: Any, batch_size: int) -> int:
@@ -252,6 +306,7 @@ class ActivationStream:
         self.n_samples = n_samples(X)
         self.n_batches = _n_batches(X, self.batch_size)
         self.shard = batch_shard(self.n_batches) if shard else range(self.n_batches)
+        self._sharded = bool(shard)
         self._cache: list[Batch] | None = None
         self._cache_failed = False
         self._validate = is_streamed(X)
@@ -277,14 +332,26 @@ class ActivationStream:
         """
         layers = tuple(layers)
         projections = dict(projections or {})
+        if self._sharded:  # a pass over this rank's shard: its sums are reduced next
+            open_pass()
         if self._cache is not None and set(layers) <= set(self.keep):
             iterator = iter(self._cache)
         else:
             iterator = self._computed(layers)
-        for batch in tqdm(iterator, total=len(self.shard), desc=desc, leave=False,
-                          disable=not self.verbose):
-            acts = {layer: batch.acts[layer] for layer in layers}
-            z = {layer: acts[layer] @ C.T for layer, C in projections.items()}
+        bar = iter(tqdm(iterator, total=len(self.shard), desc=desc, leave=False,
+                        disable=not self.verbose))
+        while True:
+            try:  # reading, validating, computing and projecting this rank's next batch
+                batch = next(bar)
+                acts = {layer: batch.acts[layer] for layer in layers}
+                z = {layer: acts[layer] @ C.T for layer, C in projections.items()}
+            except StopIteration:  # read to the end: nothing of this pass can fail here now
+                close_pass()
+                return
+            except Exception as exc:  # the other ranks must not wait for this one
+                if self._sharded:
+                    report_failure(exc)
+                raise
             yield Batch(batch.index, batch.start, batch.size, acts, z)
 
     def _computed(self, layers: tuple[str, ...]) -> Iterator[Batch]:
