@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "InSampleEvaluationWarning": "sklearn_lib._ablation",
     "BaseScoreWarning": "sklearn_lib._ablation",
     "quadrature": "sklearn_lib._edges",
+    "RankFailedError": "sklearn_lib._distributed",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see ordinary imports
     from sklearn_lib._graph import AblationResult, InteractionGraph, LayerFeatures
     from sklearn_lib._interaction import GlobalInteractionBasis, LocalInteractionBasis
     from sklearn_lib._linalg import LayerBasis
+    from sklearn_lib._distributed import RankFailedError
     from sklearn_lib._modularity import LeidenModularity
     from sklearn_lib._ablation import BaseScoreWarning, InSampleEvaluationWarning
     from sklearn_lib._plotting import plot_ablation_curve, plot_interaction_graph

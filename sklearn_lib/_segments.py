@@ -429,8 +429,8 @@ class ChainedComposite(CompositeSegment):
         """``(batch, S, n_out, T_in, n_in)``: the product of the links' Jacobians."""
         return self._chain(self._points(z), sources)
 
-    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None,
-                      start: int = 0) -> Tensor:
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None, start: int = 0,
+                      skip: int = 0) -> Tensor:
         """As :meth:`CompositeSegment.jacobian_gram`, over chunks of the batch.
 
         Each chunk's chained Jacobian is formed and reduced at once, so no more than a chunk
@@ -444,6 +444,8 @@ class ChainedComposite(CompositeSegment):
             chunk = [p[lo : lo + step] for p in points]
             src = None if sources is None else sources[lo : lo + step]
             jac = self._chain(chunk, src)
+            if skip:  # positions left out (an attention sink): input t, and output s unmixed
+                jac = jac[:, :, :, skip:] if src is not None else jac[:, skip:, :, skip:]
             if not jac.is_contiguous():  # stored position first: its rows, in another order
                 jac = jac.permute(3, 0, 1, 2, 4)
             rows = jac.reshape(-1, jac.shape[-1]).to(torch.float64)

@@ -88,6 +88,13 @@ def check_span(adapter, span, X, *, n_in=6, n_out=5, seed=0, chained=True):
         for jac, src in ((J, None), (J_src, sources)):
             rows = jac[..., 1:].reshape(-1, n_in - 1)
             assert_same(fast.jacobian_gram(z, src, 1), rows.T @ rows, f"{span} gram")
+        if y.shape[1] == z.shape[1] > 1:  # every position kept: leave the first one out
+            src = sources.clone()
+            src[..., :1] = 0
+            for jac, s_, cut in ((J, None, J[:, 1:, :, 1:]), (slow.jacobian(z, src), src, None)):
+                kept = cut if cut is not None else jac[:, :, :, 1:]
+                rows = kept[..., 1:].reshape(-1, n_in - 1)
+                assert_same(fast.jacobian_gram(z, s_, 1, 1), rows.T @ rows, f"{span} skip")
     return fast, slow, z, sources
 
 

@@ -211,7 +211,7 @@ def _failing_worker(out_dir: str) -> None:
         def broken(*args, **kwargs):
             raise RuntimeError("injected failure in rank 1's step")
 
-        interaction.rademacher = broken
+        interaction.sample_sources = broken
     LocalInteractionBasis(adapter, batch_size=BATCH, n_stochastic_sources=2,
                           random_state=0).fit(X)
 

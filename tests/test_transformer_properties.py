@@ -62,12 +62,13 @@ def test_stochastic_sources_are_unbiased():
         for s in range(1600)
     ])
     scale = exact.abs().max()
-    single = (estimates[0] - exact).abs().max() / scale
+    # the typical error of one draw (median over the draws; one draw can be lucky)
+    single = ((estimates - exact).abs().amax(dim=(1, 2)) / scale).median()
     mean_error = (estimates.mean(0) - exact).abs().max() / scale
     assert single > 1e-2  # one draw is noisy: the sources really are random
-    # Sources are drawn per batch from (seed, batch index); over three blocks of 1600 seeds
-    # single was 0.15-0.26 and mean_error 5e-4 to 2.4e-3 (the mean's noise, ~ single / 40).
-    assert mean_error < 0.02 * single and mean_error < 5e-3
+    # Sources are drawn per sample from (seed, sample index); single draws err by 0.005-0.21
+    # (median about 0.1) and the mean of 1600 by about single / 40.
+    assert mean_error < 0.05 * single and mean_error < 5e-3
 
 
 def rotate_residual(model: HookedTransformer, Q: torch.Tensor) -> HookedTransformer:
