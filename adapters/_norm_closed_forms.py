@@ -159,7 +159,9 @@ class _PositionwiseComposite(_FoldedComposite):
         return float(sum(weights)), acc
 
     def _step(self, per_row_bytes: int, n: int) -> int:
-        return _cf._chunk(per_row_bytes, n)
+        """Rows per chunk within the memory budget, the chunks of (about) equal size."""
+        step = _cf._chunk(per_row_bytes, n)
+        return -(-n // -(-n // step))
 
     def jacobian(self, z: Tensor, sources: Tensor | None = None) -> Tensor:
         """Per-sample Jacobians ``(B, S|R, n_out, T, n_in)`` (block diagonal in positions)."""
@@ -537,33 +539,47 @@ class NormMLPComposite(_PositionwiseComposite):
         return stats
 
     def _gram_finish(self, stats, start):
+        r"""Assemble ``sum_rows J^T J`` from the row sums of the coefficients.
+
+        With ``K = A^T A``, ``X_km = sum c g_k g_m^T``, ``sg_k = sum c g_k`` and (norm after)
+        ``Y_k = sum c (g_k * A^T q) rho^T``, ``sR = sum c rho``, ``RR = sum c rho rho^T``:
+        ``gram = n L0^T L0 + sum_m B_m^T Z_m + (.)^T + ell sR^T + sR ell^T + |q|^2 RR`` with
+        ``Z_m = sum_k (K o X_mk) B_k / 2 + sg_m (L0^T A)^T + Y_m`` and ``ell = L0^T q``: one
+        ``(d_mlp x d_mlp) (d_mlp x n_in)`` product per pair of terms and one ``n_in x n_in``
+        product per term.
+        """
         K = len(self.Bs)
         L0 = self._f64("L0", lambda: self.L0.to(_F64))
         A = self._f64("A", lambda: self.A.to(_F64))
         LL = self._f64("LL", lambda: L0.T @ L0)
-        LA = self._f64("LA", lambda: L0.T @ A)
+        AL = self._f64("AL", lambda: A.T @ L0)  # (d_mlp, n_in)
         Kmat = self._f64("K", lambda: A.T @ A)
-        Bst = self._f64("B", lambda: torch.cat(self.Bs).to(_F64))[:, start:]  # (K d_mlp, n)
+        Bs = [self._f64(f"B{k}", lambda k=k: self.Bs[k].to(_F64))[:, start:] for k in range(K)]
         n, sg = stats[0], stats[1 : 1 + K]
         pairs = iter(stats[1 + K : 1 + K + K * (K + 1) // 2])
-        blocks = [[None] * K for _ in range(K)]
+        Z = [torch.mul(AL[:, start:], sg[m][:, None]) for m in range(K)]
         for k in range(K):
             for m in range(k, K):
-                X = next(pairs)
-                blocks[k][m] = Kmat * X
-                if m != k:
-                    blocks[m][k] = blocks[k][m].T
-        M = torch.cat([torch.cat(row, 1) for row in blocks], 0)  # (K d_mlp, K d_mlp)
-        gram = (M @ Bst).T @ Bst
-        gram = (gram + gram.T) / 2 + n * LL[start:, start:]  # symmetric up to round-off
-        cross = (LA[start:].repeat(1, K) * torch.cat(sg)) @ Bst
+                KX = next(pairs).mul_(Kmat)  # K o X_km (the stats are not used again)
+                if m == k:
+                    Z[k].addmm_(KX, Bs[k], alpha=0.5)
+                else:
+                    Z[k].addmm_(KX, Bs[m], alpha=0.5)
+                    Z[m].addmm_(KX.T, Bs[k], alpha=0.5)
+        gram = n * LL[start:, start:]
         if self.q is not None:
             sR, RR, *Y = stats[1 + K + K * (K + 1) // 2 :]
             q = self.q.to(_F64)
             ell = (L0.T @ q)[start:]
-            cross = cross + torch.outer(ell, sR[start:]) + Bst.T @ torch.cat(Y)[:, start:]
+            for m in range(K):
+                Z[m] += Y[m][:, start:]
+            half = torch.outer(ell, sR[start:])
             gram += (q @ q) * RR[start:, start:]
-        gram += cross + cross.T
+        else:
+            half = torch.zeros_like(gram)
+        for m in range(K):
+            half.addmm_(Bs[m].T, Z[m])
+        gram += half + half.T
         return gram
 
     # -- ablation ------------------------------------------------------------------------
