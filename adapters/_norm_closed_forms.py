@@ -250,29 +250,33 @@ class _PositionwiseComposite(_FoldedComposite):
         """``scale(x(z * m), f0(z * m))`` of the norm, per mask: ``(B, T, n_masks)``.
 
         ``x_of_mask(rows, zg, idx, valid, complement, cache) -> (C, N, d)`` gives ``x`` of each
-        mask of a chunk from its needed columns (``f0`` is read through ``a0``).
+        mask of a chunk from its needed columns (``f0`` is read through ``a0``); rows are taken
+        in blocks that keep one mask's temporaries within the memory budget.
         """
         B, T, n_in = z.shape
-        N = B * T
-        rows = z.reshape(N, n_in)
-        zT = rows.T.contiguous()
+        rows_all = z.reshape(B * T, n_in)
         a0 = self.in_map[0]
-        out = z.new_empty(masks.shape[0], N)
-        cache: dict = {}
-        d = self._d
-        per = self._scale_row_elements()
-        chunks = _mask_chunks(masks, lambda k, R, comp: N * (per + k + d) * z.element_size())
-        for idx, valid, outs, complement in chunks:
-            zg = zT[idx] * valid[..., None]  # (C, k, N)
-            x = x_of_mask(rows, zg, idx, valid, complement, cache)
-            f0 = torch.einsum("ckn,ck->cn", zg, a0[idx])
-            if complement:
-                f0 = (rows @ a0)[None] - f0
-            xc = _centred(x, norm.center)
-            scale = torch.sqrt(xc.pow(2).mean(-1) + norm.eps * f0.pow(2))  # (C, N)
-            R = outs.shape[1]
-            out[outs.reshape(-1)] = scale[:, None, :].expand(-1, R, -1).reshape(-1, N)
-        return out.T.reshape(B, T, -1)
+        per = self._scale_row_elements() + self._d + n_in
+        block = _cf._chunk(per * z.element_size(), B * T)
+        out = z.new_empty(B * T, masks.shape[0])
+        for lo in range(0, B * T, block):
+            rows = rows_all[lo : lo + block]
+            N = rows.shape[0]
+            zT = rows.T.contiguous()
+            cache: dict = {}
+            chunks = _mask_chunks(masks, lambda k, R, comp: N * (per + k) * z.element_size())
+            for idx, valid, outs, complement in chunks:
+                zg = zT[idx] * valid[..., None]  # (C, k, N)
+                x = x_of_mask(rows, zg, idx, valid, complement, cache)
+                f0 = torch.einsum("ckn,ck->cn", zg, a0[idx])
+                if complement:
+                    f0 = (rows @ a0)[None] - f0
+                xc = _centred(x, norm.center)
+                scale = torch.sqrt(xc.pow(2).mean(-1) + norm.eps * f0.pow(2))  # (C, N)
+                R = outs.shape[1]
+                out[lo : lo + N, outs.reshape(-1)] = (
+                    scale[:, None, :].expand(-1, R, -1).reshape(-1, N).T)
+        return out.reshape(B, T, -1)
 
     def _scale_row_elements(self) -> int:
         return self._d

@@ -100,7 +100,7 @@ def random_z(fast, batch, gen, n_pos=T) -> torch.Tensor:
     (a random scale near 0 makes the Jacobian ill-conditioned, not wrong)."""
     z = torch.randn(batch, n_pos, fast.n_in, generator=gen, dtype=torch.float64)
     if isinstance(fast, norm_forms.NormOutComposite):
-        sigma = fast.sigma
+        sigma = fast.sigma.double()
         target = 0.5 + torch.rand(batch, n_pos, generator=gen, dtype=torch.float64)
         z += ((target - z @ sigma) / (sigma @ sigma))[..., None] * sigma
     return z
@@ -393,3 +393,30 @@ def test_fitted_bases_and_pipeline_match_generic(monkeypatch):
         np.testing.assert_allclose(a.C, b.C, rtol=1e-7, atol=1e-8 * np.abs(b.C).max())
     for a, b in zip(fast_graph.edges, slow_graph.edges):
         np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * np.abs(b).max())
+
+
+def test_float32_close_to_generic():
+    """Float32 inputs stay float32 (the Gram in float64) and agree with the generic path."""
+    adapter = TransformerAdapter.from_hf(hf("llama").float(), node_layers=LAYERS)
+    F32 = dict(dtype=torch.float32, device="cpu")
+    gen = torch.Generator().manual_seed(8)
+    for layer_in in ("blocks.0.hook_resid_mid", "blocks.0.ln2_out", "blocks.0.mlp_in",
+                     "unembed_in"):
+        layer_out = LAYERS[LAYERS.index(layer_in) + 1]
+        in_map, out_map = (m.float() for m in random_maps(adapter, layer_in, layer_out, 7, 6,
+                                                          gen))
+        fast = adapter.composite_segment(layer_in, in_map, out_map, **F32)
+        slow = CompositeSegment(adapter.segment(layer_in, **F32), in_map, out_map)
+        z = random_z(fast, 2, gen).float()
+        sources = rademacher_sources(2, 1, T, 0, gen).float()
+        A, _ = fast.attributions(z, [0.3, 0.8], [0.5, 0.5], sources)
+        assert A.dtype == torch.float32
+        gram = fast.jacobian_gram(z, sources)
+        assert gram.dtype == torch.float64
+        masks = special_masks(6, 7, gen).float()
+        with torch.no_grad():
+            pairs = [(A, reference_attributions(slow, z, [0.3, 0.8], [0.5, 0.5], sources, 0)[0]),
+                     (gram.float(), reference_gram(slow, z, sources, 0, 0)),
+                     (fast.ablated(z, masks), ablate_by_masks(slow, z, masks))]
+        for a, b in pairs:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
