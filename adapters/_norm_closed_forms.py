@@ -476,7 +476,7 @@ class NormMLPComposite(_PositionwiseComposite):
 
     def _hidden(self, pres: Sequence[Tensor]) -> Tensor:
         """The activation part of the hidden layer (its bias ``b_post f0`` is in ``Lx``)."""
-        return self.act(pres[0]) * pres[1] if self.gated else self.act(pres[0])
+        return self.act(pres[0]).mul_(pres[1]) if self.gated else self.act(pres[0])
 
     def _point(self, rows: Tensor) -> tuple[Tensor, ...]:
         pres = [rows @ B.T for B in self.Bs]
