@@ -74,8 +74,9 @@ def hf(name: str, **kw) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def adapters():
-    return {name: TransformerAdapter.from_hf(hf(name), node_layers=LAYERS)
-            for name in ("gpt2", "llama")}
+    # Llama with MLP biases: the gate's bias is folded too.
+    return {name: TransformerAdapter.from_hf(hf(name, **kw), node_layers=LAYERS)
+            for name, kw in (("gpt2", {}), ("llama", dict(mlp_bias=True)))}
 
 
 def width(adapter, layer: str) -> int:
@@ -197,6 +198,7 @@ def test_closed_forms_match_generic(adapters, name, one_hot_scale):
 
 def test_fast_path_is_taken_by_make_composite(adapters):
     adapter = adapters["llama"]
+    assert adapter.weights.blocks[0].mlp.b_gate is not None  # folded in the tests above
     gen = torch.Generator().manual_seed(1)
     for layer_in, layer_out in zip(LAYERS[:-1], LAYERS[1:]):
         maps = random_maps(adapter, layer_in, layer_out, 5, 4, gen)
@@ -420,3 +422,22 @@ def test_float32_close_to_generic():
                      (fast.ablated(z, masks), ablate_by_masks(slow, z, masks))]
         for a, b in pairs:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+@pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning")
+def test_transformer_lens_gated_mlp_bias_after_the_product():
+    """transformer_lens's gated MLP adds its bias after the product (``b_post``)."""
+    tl = pytest.importorskip("transformer_lens")
+    from sklearn_lib.adapters import HookedTransformerAdapter
+
+    cfg = tl.HookedTransformerConfig(n_layers=1, d_model=12, d_head=4, n_heads=3, d_mlp=10,
+                                     n_ctx=8, d_vocab=V, act_fn="gelu_new", gated_mlp=True,
+                                     normalization_type="LN", seed=0, dtype=torch.float64)
+    model = perturb(tl.HookedTransformer(cfg))
+    adapter = HookedTransformerAdapter(model)
+    assert adapter.weights.blocks[0].mlp.b_post is not None
+    gen = torch.Generator().manual_seed(9)
+    layer_in = "blocks.0.mlp_in"
+    layer_out = adapter.node_layers[adapter.node_layers.index(layer_in) + 1]
+    check_pair(adapter, layer_in, layer_out,
+               *random_maps(adapter, layer_in, layer_out, 7, 6, gen), gen)
