@@ -441,3 +441,43 @@ def test_transformer_lens_gated_mlp_bias_after_the_product():
     layer_out = adapter.node_layers[adapter.node_layers.index(layer_in) + 1]
     check_pair(adapter, layer_in, layer_out,
                *random_maps(adapter, layer_in, layer_out, 7, 6, gen), gen)
+
+
+def test_sources_with_zeros(adapters):
+    """Sources that are 0 at some positions weight those rows out of the Gram matrix and the
+    attributions (``sum_r c**2`` per row)."""
+    adapter = adapters["llama"]
+    gen = torch.Generator().manual_seed(10)
+    for layer_in in ("blocks.0.hook_resid_mid", "blocks.0.ln2_out", "blocks.0.mlp_in"):
+        layer_out = LAYERS[LAYERS.index(layer_in) + 1]
+        maps = random_maps(adapter, layer_in, layer_out, 6, 5, gen)
+        fast = adapter.composite_segment(layer_in, *maps, **F64)
+        slow = CompositeSegment(adapter.segment(layer_in, **F64), *maps)
+        z = random_z(fast, 3, gen)
+        sources = torch.randint(-1, 2, (3, 2, T), generator=gen).double()
+        for skip in (0, 2):
+            assert_same(fast.jacobian_gram(z, sources, start=1, skip=skip),
+                        reference_gram(slow, z, sources, 1, skip), f"{layer_in} gram")
+            A, kept = fast.attributions(z, [0.5], [1.0], sources, skip)
+            A_ref, kept_ref = reference_attributions(slow, z, [0.5], [1.0], sources, skip)
+            assert_same(A, A_ref, f"{layer_in} attributions")
+            assert_same(kept, kept_ref, f"{layer_in} kept attributions")
+
+
+def test_parallel_blocks_fall_back():
+    """GPT-NeoX: one scale for both norms; the division into two normed inputs and the
+    parallel sublayers are not position-wise closed forms here."""
+    torch.manual_seed(0)
+    cfg = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=4, intermediate_size=32,
+                                     max_position_embeddings=32, rotary_pct=0.5,
+                                     bos_token_id=0, eos_token_id=0)
+    adapter = TransformerAdapter.from_hf(perturb(transformers.GPTNeoXForCausalLM(cfg).double()))
+    gen = torch.Generator().manual_seed(11)
+    layers = list(adapter.node_layers)
+    assert "blocks.0.ln_out" in layers and "blocks.0.parallel_in" in layers
+    for layer_in in ("blocks.0.ln_out", "blocks.0.parallel_in"):
+        layer_out = layers[layers.index(layer_in) + 1]
+        maps = random_maps(adapter, layer_in, layer_out, 5, 4, gen)
+        assert not isinstance(adapter.composite_segment(layer_in, *maps, **F64),
+                              norm_forms._PositionwiseComposite)
