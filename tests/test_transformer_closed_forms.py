@@ -197,23 +197,27 @@ def test_jacobian_at_zero():
 
 
 @pytest.mark.parametrize("norm", ["LN", "LNPre", "RMS"])
-def test_layer_norm_models_fall_back(norm):
+def test_layer_norm_models_position_wise_closed_forms(norm):
+    """The norm-split cuts: the position-wise segments (ln out, the MLP with the next ln in,
+    the unembedding) have closed forms (adapters/_norm_closed_forms.py, tested there)."""
+    from sklearn_lib.adapters._norm_closed_forms import _PositionwiseComposite
+
     adapter = HookedTransformerAdapter(make_model(normalization_type=norm))
     gen = torch.Generator().manual_seed(6)
     layers = adapter.node_layers
     for layer_in, layer_out in zip(layers[:-1], layers[1:]):
+        if layer_in.endswith("attn_in"):
+            continue  # attention: adapters/_attention_closed_forms.py
         in_map, out_map = random_maps(adapter, layer_in, layer_out, 5, 4, gen, 3)
-        assert adapter.composite_segment(layer_in, in_map, out_map, **F64) is None
         G = make_composite(adapter, [layer_in, layer_out], in_map, out_map, **F64)
-        assert type(G) is CompositeSegment
+        assert isinstance(G, _PositionwiseComposite)
 
 
 @pytest.mark.parametrize("overrides, kind", [
     (dict(positional_embedding_type="rotary", rotary_dim=4), "attn"),
     (dict(use_local_attn=True, window_size=2, attn_types=["local"]), "attn"),
-    (dict(gated_mlp=True, act_fn="silu"), "mlp"),
 ])
-def test_rotary_local_and_gated_fall_back(overrides, kind):
+def test_rotary_and_local_fall_back(overrides, kind):
     """Not in closed form: the generic composite (torch.func) serves them."""
     adapter = HookedTransformerAdapter(make_model(**overrides))
     layer = {"attn": "blocks.0.hook_resid_pre", "mlp": "blocks.0.hook_resid_mid"}[kind]
@@ -226,6 +230,17 @@ def test_rotary_local_and_gated_fall_back(overrides, kind):
     nxt = adapter.node_layers[adapter.node_layers.index(other) + 1]
     maps = random_maps(adapter, other, nxt, 5, 4, gen, 3)
     assert adapter.composite_segment(other, *maps, **F64) is not None  # the other sublayer
+
+
+def test_gated_mlp_between_residual_cuts_has_a_closed_form():
+    from sklearn_lib.adapters._norm_closed_forms import NormMLPComposite
+
+    adapter = HookedTransformerAdapter(make_model(gated_mlp=True, act_fn="silu"))
+    gen = torch.Generator().manual_seed(8)
+    layer = "blocks.0.hook_resid_mid"
+    nxt = adapter.node_layers[adapter.node_layers.index(layer) + 1]
+    maps = random_maps(adapter, layer, nxt, 5, 4, gen, 3)
+    assert isinstance(adapter.composite_segment(layer, *maps, **F64), NormMLPComposite)
 
 
 def test_multi_sublayer_spans_fall_back():
