@@ -603,9 +603,13 @@ class TransformerAdapter:
         """A closed-form :class:`~sklearn_lib._segments.CompositeSegment`, or ``None``.
 
         ``G(z) = segment(z @ in_map.T) @ out_map.T`` from ``layer`` to the next node layer,
-        with its per-sample Jacobians and ablated forward passes in closed form (see
-        ``adapters/_transformer_closed_forms.py``). Covered: one sublayer between residual
-        cuts (attention without rotary or window, plain MLP, unembedding); anything else
+        with its Jacobians, Jacobian Gram matrix, integrated-gradient attributions and ablated
+        forward passes in closed form. Covered: one sublayer between residual cuts of a model
+        without norms (``adapters/_transformer_closed_forms.py``); the norm-split cuts of
+        language models: a norm's "ln in" and "ln out", an MLP (plain or gated, with the next
+        "ln in"), the unembedding (``adapters/_norm_closed_forms.py``) and attention with
+        rotary positions, grouped queries and windows (``adapters/_attention_closed_forms.py``).
+        Anything else (parallel blocks, spans that keep only the last position after a norm)
         returns ``None`` and the caller uses the generic ``torch.func`` composite.
         """
         from sklearn_lib.adapters._transformer_closed_forms import closed_form_segment
