@@ -1,19 +1,479 @@
-"""Closed-form composite segments over the norm-split cuts of language models (attention).
+"""Closed-form attention segments of language models: rotary, grouped queries, windows, norms.
 
-Placeholder of the dispatch: returns None (the generic torch.func composite is used)
-until the closed forms land.
+:class:`AttentionSpanComposite` serves the attention segments of the norm-split cut set (see
+:mod:`~sklearn_lib.adapters._transformer_sequential`) and the attention between residual cuts
+that :class:`~sklearn_lib.adapters._transformer_closed_forms.AttentionComposite` leaves out
+(rotary positions, local attention):
+
+- ``[attn]`` from a ``normed`` cut ``[f0, x, h]`` to a residual cut ``[f0, x']``,
+  ``x' = x + attn(h)`` (or from a residual cut, the attention reading ``x`` itself);
+- ``[attn, ln_in]`` from a ``normed`` cut to a ``scaled`` cut ``[f0, x', scale(x')]``,
+  ``scale = sqrt(mean(x'_c^2) + eps f0^2)`` (``x'_c`` centred for LayerNorm, not for RMSNorm).
+
+The maths (``in_map`` folded into per-head weights in basis coordinates, ``1/scale`` folded
+into the queries, every bias through the constant row ``a0`` of ``in_map``). Per query head
+``h`` (key/value head ``h // group``): ``q_hs = R_s(z_s WQ_h)``, ``k_ht = R_t(z_t WK_h)``,
+``v_ht = z_t WV_h`` with ``R_t`` the rotary map at position ``t``, pattern ``a_hst``, head
+output ``o_hs = sum_t a_hst v_ht`` and ``G(z)_s = L0 z_s + sum_h o_hs U_h`` with ``U_h =
+W_O,h Q^T`` (``Q`` the residual rows of ``out_map``) and ``L0`` the residual and bias part.
+The Jacobian at input position ``t``, mixed over output positions by sources ``r``, is
+
+.. math::
+
+    J^r_t = r_t L_0 + \\sum_h U_h^T M_{ht} N_h, \\quad
+    M_{ht} = [c_{ht} I \\mid \\Psi^K_{ht} \\mid \\Psi^Q_{ht}], \\quad
+    N_h = [WV_h; WK_h; WQ_h]^T,
+
+``c_ht = sum_s r_s a_hst``, ``PsiK_ht = sum_s r_s a_hst (v_ht - o_hs) q_hs^T R_t``,
+``PsiQ_ht = r_t sum_k a_htk (v_hk - o_ht) k_hk^T R_t``. The Gram matrix is then
+``N^T (sum_t M_t^T G M_t) N`` plus the cross and residual terms, with ``G = U U^T`` formed
+once: the Jacobian is never formed. A following ``ln_in`` adds the scale row ``q``:
+``J = J_Q + q J_w`` with ``J_w`` one vector-Jacobian product per source (cotangent
+``r_s d scale_s / d x'_s``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import Tensor
 
-__all__ = ["attention_closed_form"]
+from sklearn_lib.adapters import _transformer_closed_forms as _cf
+from sklearn_lib.adapters._transformer_closed_forms import _FoldedComposite
+
+__all__ = ["AttentionSpanComposite", "attention_closed_form"]
+
+#: The Gram and attribution temporaries may take this many times the closed forms' budget:
+#: their GEMMs are then large enough to run at full speed on a few cores.
+_BUDGET_FACTOR = 4
 
 
 def attention_closed_form(weights, ops, in_layout: str, out_layout: str, last: bool,
-                   segment: Callable[[Tensor], Tensor], in_map: Tensor, out_map: Tensor):
-    """The closed-form composite of ops between cuts of these layouts, or None."""
-    return None
+                          segment: Callable[[Tensor], Tensor], in_map: Tensor,
+                          out_map: Tensor) -> "AttentionSpanComposite | None":
+    """The closed-form composite of an attention span, or ``None``.
+
+    Covers ``[attn]`` (``normed`` or ``resid`` -> ``resid``) and ``[attn, ln_in]``
+    (``normed`` or ``resid`` -> ``scaled``) over all positions, with any rotary positions,
+    grouped-query attention and causal or windowed masks. Returns ``None`` for anything else
+    (the caller falls back to the generic composite), and when the output cut keeps only the
+    last position.
+    """
+    from sklearn_lib.adapters._transformer_sequential import _norm_of
+
+    if last or not ops or ops[0].kind != "attn":
+        return None
+    if len(ops) == 1 and out_layout == "resid":
+        norm_after = None
+    elif len(ops) == 2 and ops[1].kind == "ln_in" and out_layout == "scaled":
+        norm_after = _norm_of(weights, ops[1])
+    else:
+        return None
+    if (in_layout, ops[0].norm is None) not in (("normed", False), ("resid", True)):
+        return None
+    d = weights.d_model
+    if in_map.shape[0] != (1 + 2 * d if in_layout == "normed" else 1 + d):
+        return None
+    if out_map.shape[1] != (2 + d if norm_after is not None else 1 + d):
+        return None
+    return AttentionSpanComposite(weights.blocks[ops[0].block].attn, norm_after, segment,
+                                  in_map, out_map, normed_input=in_layout == "normed")
+
+
+def _budget() -> int:
+    return _BUDGET_FACTOR * _cf._MEMORY_BUDGET
+
+
+class AttentionSpanComposite(_FoldedComposite):
+    """``G(z) = seg(z @ in_map.T) @ out_map.T`` for one attention sublayer, in closed form.
+
+    Parameters
+    ----------
+    attn : AttentionWeights
+        The sublayer (cast to the composite's dtype and device).
+    norm_after : NormWeights or None
+        The norm whose scale the output cut appends (``[attn, ln_in]``), or ``None``.
+    segment : callable
+        The generic span (kept for ``__call__`` and ``jacobian``).
+    in_map : Tensor of shape (1 + d or 1 + 2 d, n_in)
+        Basis of the input cut (``[f0, x]`` or ``[f0, x, h]``).
+    out_map : Tensor of shape (n_out, 1 + d or 2 + d)
+        Basis of the output cut (``[f0, x']`` or ``[f0, x', scale]``).
+    normed_input : bool
+        Whether the attention reads the ``h`` rows of the input (else the ``x`` rows).
+
+    Notes
+    -----
+    ``__call__`` and ``jacobian`` are the generic ones. :meth:`jacobian_gram`,
+    :meth:`attributions` and :meth:`ablated` never form the Jacobian; their temporaries are
+    chunked over sequences, source rows and positions to a memory budget, linear in the
+    number of positions per sequence.
+    """
+
+    def __init__(self, attn, norm_after, segment: Callable[[Tensor], Tensor], in_map: Tensor,
+                 out_map: Tensor, normed_input: bool) -> None:
+        super().__init__(segment, in_map, out_map, last=False)
+        d = attn.W_Q.shape[1]
+        self.d = d
+        a0, P = in_map[0], in_map[1 : 1 + d]
+        P_att = in_map[1 + d : 1 + 2 * d] if normed_input else P
+        o0, Q = out_map[:, 0], out_map[:, 1 : 1 + d]
+        H, _, dh = attn.W_Q.shape
+        group = H // attn.W_K.shape[0]
+
+        def fold(W: Tensor, b: Tensor) -> Tensor:  # (H, d, dh), (H, dh) -> (H, n_in, dh)
+            return torch.einsum("dj,hdk->hjk", P_att, W) + a0[None, :, None] * b[:, None, :]
+
+        def kv(t: Tensor) -> Tensor:
+            return t if group == 1 else t.repeat_interleave(group, dim=0)
+
+        self.H, self.dh = H, dh
+        self.WQ = fold(attn.W_Q, attn.b_Q) / float(attn.scale)
+        self.WK = fold(kv(attn.W_K), kv(attn.b_K))
+        self.WV = fold(kv(attn.W_V), kv(attn.b_V))
+        self.W_O = attn.W_O  # (H, dh, d)
+        self.b_O = attn.b_O
+        self.a0 = a0
+        self.U = torch.einsum("hmd,id->hmi", attn.W_O, Q)  # (H, dh, n_out)
+        self.resid = P + torch.outer(attn.b_O, a0)  # d x' / d z at the same position
+        self.L0 = torch.outer(o0, a0) + Q @ self.resid  # (n_out, n_in)
+        # The stacked value, key and query weights per head: (H * 3 dh, n_in).
+        self.N = torch.cat([self.WV, self.WK, self.WQ], dim=2).permute(0, 2, 1).reshape(
+            3 * H * dh, -1)
+        self.rotary = attn.rotary
+        self.attn = attn
+        self.norm = norm_after
+        if norm_after is not None:
+            self.q = out_map[:, 1 + d]  # the scale column
+            self.Uq = self.U @ self.q  # (H, dh): the value path of the covector Q^T q
+            self.L0q = self.q @ self.L0  # (n_in,)
+        else:
+            self.q = None
+        self._G: Tensor | None = None
+        self._mask_cache: dict[int, Tensor | None] = {}
+
+    # -- forward pieces ------------------------------------------------------------------------
+    def _allowed(self, T: int, device: torch.device) -> Tensor | None:
+        from sklearn_lib.adapters._transformer_sequential import _attention_mask
+
+        if T not in self._mask_cache:
+            self._mask_cache[T] = _attention_mask(self.attn, T, device)
+        return self._mask_cache[T]
+
+    def _rot(self, x: Tensor, pos: slice | Tensor, pos_dim: int, transpose: bool = False
+             ) -> Tensor:
+        """``R_t x`` (or ``R_t^T x``) on the last dimension, position ``t`` on ``pos_dim``.
+
+        ``R_t x = cos_t x + sin_t F(x)`` on the first ``rotary_dim`` coordinates, ``F`` the
+        rotate-half (or adjacent-pairs) map; ``F^T = -F``, so ``R_t^T y = cos_t y - F(sin_t y)``.
+        """
+        rot = self.rotary
+        if rot is None:
+            return x
+        r = rot.rotary_dim
+        cos, sin = rot.cos[pos], rot.sin[pos]  # (tc, r)
+        shape = [1] * x.dim()
+        shape[pos_dim], shape[-1] = cos.shape[0], r
+        cos, sin = cos.reshape(shape), sin.reshape(shape)
+
+        def flip(u: Tensor) -> Tensor:
+            if rot.adjacent_pairs:
+                return torch.stack([-u[..., 1::2], u[..., 0::2]], dim=-1).flatten(-2)
+            return torch.cat([-u[..., r // 2 :], u[..., : r // 2]], dim=-1)
+
+        xr = x[..., :r]
+        y = cos * xr - flip(sin * xr) if transpose else cos * xr + sin * flip(xr)
+        return y if r == x.shape[-1] else torch.cat([y, x[..., r:]], dim=-1)
+
+    def _parts(self, z: Tensor) -> dict[str, Tensor]:
+        """Queries, keys, values, pattern and head outputs of sequences ``z (b, T, n_in)``.
+
+        Queries and keys are rotated (queries carry ``1/scale``); with a norm after the
+        attention also ``x'``, its scale and ``w = d scale / d x'``.
+        """
+        T = z.shape[1]
+        pos = slice(0, T)
+        q = self._rot(torch.einsum("btj,hjk->bhtk", z, self.WQ), pos, 2)
+        k = self._rot(torch.einsum("btj,hjk->bhtk", z, self.WK), pos, 2)
+        v = torch.einsum("btj,hjk->bhtk", z, self.WV)
+        scores = q @ k.transpose(-1, -2)
+        allowed = self._allowed(T, z.device)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        a = torch.softmax(scores, dim=-1)  # (b, H, S, T)
+        o = a @ v
+        parts = dict(q=q, k=k, v=v, a=a, o=o, f0=z @ self.a0)
+        if self.norm is not None:
+            parts.update(self._scale_parts(z, o, parts["f0"]))
+        return parts
+
+    def _scale_parts(self, z: Tensor, o: Tensor, f0: Tensor) -> dict[str, Tensor]:
+        x = z @ self.resid.T + torch.einsum("bhtm,hmd->btd", o, self.W_O)
+        xc = x - x.mean(-1, keepdim=True) if self.norm.center else x
+        sc = torch.sqrt(xc.pow(2).mean(-1) + self.norm.eps * f0.pow(2))  # (b, T)
+        return dict(sc=sc, w=xc / (self.d * sc[..., None]))
+
+    # -- row (source) quantities ----------------------------------------------------------------
+    def _rows(self, B: int, T: int, R: int | None, skip: int, per_row: int,
+              dtype: torch.dtype, device: torch.device) -> Iterator[tuple[slice, slice]]:
+        """Chunks ``(sequences, rows)``: all rows with sources, else output positions >= skip."""
+        units = R if R is not None else T - skip
+        per_seq = max(1, units * per_row)
+        b = max(1, min(B, _budget() // per_seq))
+        rc = units if b > 1 or R is not None else max(1, min(units, _budget() // per_row))
+        for lo in range(0, B, b):
+            for r0 in range(0, units, rc):
+                yield slice(lo, lo + b), slice(r0, min(units, r0 + rc))
+
+    def _row_weights(self, z: Tensor, sources: Tensor | None, seqs: slice, rows: slice,
+                     skip: int) -> Tensor:
+        """``r (b, rows, T)``: the sources over ``sqrt(R)``, or one-hot output positions."""
+        b, T = z[seqs].shape[:2]
+        if sources is not None:
+            R = sources.shape[1]
+            return sources[seqs, rows].to(z.dtype) / R**0.5
+        s = torch.arange(rows.start, rows.stop, device=z.device) + skip
+        r = z.new_zeros(b, s.numel(), T)
+        r[:, torch.arange(s.numel(), device=z.device), s] = 1.0
+        return r
+
+    def _scale_row(self, p: dict[str, Tensor], r: Tensor) -> Tensor:
+        """``J_w (b, R, T, n_in)``: the Jacobian of ``sum_s r_s scale_s`` (one VJP per row)."""
+        g = r[:, :, None, :, None] * torch.einsum("hmd,bsd->bhsm", self.W_O, p["w"])[:, None]
+        e = torch.einsum("brhsm,bhtm->brhst", g, p["v"]) - (g * p["o"][:, None]).sum(-1)[
+            ..., None]
+        ae = p["a"][:, None] * e
+        T = r.shape[-1]
+        cv = torch.einsum("bhst,brhsm->brhtm", p["a"], g)
+        ck = self._rot(torch.einsum("brhst,bhsk->brhtk", ae, p["q"]), slice(0, T), 3, True)
+        cq = self._rot(torch.einsum("brhtk,bhkx->brhtx", ae, p["k"]), slice(0, T), 3, True)
+        coef = torch.cat([cv, ck, cq], dim=-1).permute(0, 1, 3, 2, 4).flatten(3)
+        own = p["w"] @ self.resid + (self.norm.eps * p["f0"] / p["sc"])[..., None] * self.a0
+        return coef @ self.N + r[..., None] * own[:, None]
+
+    def _psi(self, p: dict[str, Tensor], r: Tensor, ts: slice, P: Tensor):
+        """``c (b,R,H,tc)``, ``PsiK`` and ``PsiQ`` ``(b,R,H,tc,dh,dh)`` at positions ``ts``."""
+        a, o, q, v = p["a"], p["o"], p["q"], p["v"]
+        ra = r[:, :, None, :, None] * a[:, None, :, :, ts]  # (b, R, H, S, tc)
+        c = ra.sum(3)
+        w = ra.transpose(-1, -2) @ q[:, None]  # (b, R, H, tc, dh)
+        if "oq" not in p:
+            p["oq"] = (o[..., :, None] * q[..., None, :]).flatten(-2)  # (b, H, S, dh * dh)
+        X = (ra.transpose(-1, -2) @ p["oq"][:, None]).unflatten(-1, (o.shape[-1], -1))
+        psi_k = self._rot(v[:, None, :, ts, :, None] * w[..., None, :] - X, ts, 3, True)
+        psi_q = r[:, :, None, ts, None, None] * P[:, None, :, ts]
+        return c, psi_k, psi_q
+
+    def _query_part(self, p: dict[str, Tensor], rotate: bool) -> Tensor:
+        """``sum_k a_htk (v_hk - o_ht) k_hk^T`` ``(b, H, T, dh, dh)``, times ``R_t`` if asked."""
+        a, o, v, k = p["a"], p["o"], p["v"], p["k"]
+        vk = (v[..., :, None] * k[..., None, :]).flatten(-2)  # (b, H, T, dh * dh)
+        P = (a @ vk).unflatten(-1, (v.shape[-1], -1)) - o[..., None] * (a @ k)[..., None, :]
+        return self._rot(P, slice(0, P.shape[2]), 2, True) if rotate else P
+
+    # -- the Gram matrix of LIB -------------------------------------------------------------
+    def jacobian_gram(self, z: Tensor, sources: Tensor | None = None, start: int = 0,
+                      skip: int = 0) -> Tensor:
+        """``sum J^T J`` over samples, output rows and input positions ``>= skip`` (float64).
+
+        ``J = jacobian(z, sources)`` restricted to columns ``>= start``; without sources the
+        output positions ``s >= skip`` (one source row each). Never forms ``J``: per token
+        ``O(H^2 dh^3)`` for ``sum_t M_t^T G M_t`` (see the module docstring).
+        """
+        B, T, n = z.shape
+        H, dh = self.H, self.dh
+        f64 = torch.float64
+        if self._G is None or self._G.dtype != z.dtype:
+            Ucat = self.U.permute(2, 0, 1).reshape(-1, H * dh)
+            self._G = (Ucat.T @ Ucat).reshape(H * dh, H, dh).permute(1, 0, 2).contiguous()
+        Gb = self._G  # (H_g, H dh, dh): the columns of G of key/value head g
+        K = torch.zeros(H, H, 3 * dh, 3 * dh, dtype=f64, device=z.device)
+        Msum = torch.zeros(H, dh, 3 * dh, dtype=f64, device=z.device)
+        Ns = self.N[:, start:]
+        gram = torch.zeros(n - start, n - start, dtype=f64, device=z.device)
+        rr = 0.0
+        el = z.element_size()
+        per_token = H * H * dh * 3 * dh * el * 2  # Y and the M chunk
+        Tk = T - skip
+        R = None if sources is None else sources.shape[1]
+        if Tk <= 0:
+            return gram
+        for seqs, rows in self._rows(B, T, R, skip, Tk * per_token, z.dtype, z.device):
+            zb = z[seqs]
+            p = self._parts(zb)
+            P = self._query_part(p, rotate=True)
+            r = self._row_weights(z, sources, seqs, rows, skip)
+            b, Rc = r.shape[:2]
+            Jw = self._scale_row(p, r)[:, :, skip:, start:] if self.q is not None else None
+            tc = max(1, min(Tk, _budget() // max(1, b * Rc * per_token)))
+            for t0 in range(skip, T, tc):
+                ts = slice(t0, min(T, t0 + tc))
+                c, psi_k, psi_q = self._psi(p, r, ts, P)
+                nt = c.shape[-1]
+                N = b * Rc * nt
+                M = z.new_zeros(H, dh, b, Rc, nt, 3 * dh)
+                torch.diagonal(M[..., :dh], dim1=1, dim2=5).copy_(
+                    c.permute(2, 0, 1, 3)[..., None].expand(H, b, Rc, nt, dh))
+                M[..., dh : 2 * dh] = psi_k.permute(2, 4, 0, 1, 3, 5)
+                M[..., 2 * dh :] = psi_q.permute(2, 4, 0, 1, 3, 5)
+                M = M.reshape(H, dh, N, 3 * dh)
+                Y = torch.matmul(Gb, M.reshape(H, dh, N * 3 * dh)).reshape(
+                    H, H, dh * N, 3 * dh)
+                K += torch.matmul(M.reshape(1, H, dh * N, 3 * dh).transpose(-1, -2), Y)
+                rt = r[..., ts].reshape(N)
+                Msum += torch.einsum("n,hmnx->hmx", rt, M)
+                rr += float(rt.double().pow(2).sum())
+                if Jw is not None:
+                    Ju = torch.einsum("hm,hmnx->nhx", self.Uq, M).reshape(N, -1) @ Ns
+                    Ju = Ju + rt[:, None] * self.L0q[start:]
+                    Jwt = Jw[:, :, t0 - skip : t0 - skip + nt].reshape(N, -1).to(f64)
+                    cross = Ju.to(f64).T @ Jwt
+                    gram += cross + cross.T + float(self.q.double() @ self.q.double()) * (
+                        Jwt.T @ Jwt)
+        Ns, L0 = Ns.to(f64), self.L0[:, start:].to(f64)
+        Kfull = K.permute(1, 2, 0, 3).reshape(3 * H * dh, 3 * H * dh)
+        E = torch.einsum("hmi,hmx->ihx", self.U.to(f64), Msum).reshape(-1, 3 * H * dh)
+        cross = L0.T @ (E @ Ns)
+        gram += Ns.T @ (Kfull @ Ns) + cross + cross.T + rr * (L0.T @ L0)
+        return gram
+
+    # -- integrated-gradient attributions ---------------------------------------------------
+    def attributions(self, z: Tensor, alphas, weights, sources: Tensor | None = None,
+                     skip: int = 0) -> tuple[Tensor, Tensor]:
+        """``A[b, r|s, i, j] = sum_a w_a sum_t J(alpha_a z)[b, r|s, i, t, j] z[b, t, j]``.
+
+        Returns ``(A, A_kept)``, ``A_kept`` the same over input positions ``t >= skip`` only
+        (and without sources only the output positions ``s >= skip``); ``A_kept is A`` when
+        ``skip == 0``. Position sums are contracted inside the heads; the Jacobian is never
+        formed.
+        """
+        alphas = torch.as_tensor(alphas, dtype=torch.float64).tolist()
+        weights = torch.as_tensor(weights, dtype=torch.float64).tolist()
+        B, T, n = z.shape
+        H, dh = self.H, self.dh
+        n_out = self.n_out
+        R = None if sources is None else sources.shape[1]
+        rows_total = R if R is not None else T
+        A = z.new_zeros(B, rows_total, n_out, n)
+        A_kept = A if skip == 0 else z.new_zeros(B, rows_total, n_out, n)
+        el = z.element_size()
+        per_row = (H * dh * n + 2 * n_out * n) * el
+        # All output rows without sources (skip handled when slicing A_kept).
+        for seqs, rows in self._rows(B, T, R, 0, per_row, z.dtype, z.device):
+            zb = z[seqs]
+            r = self._row_weights(z, sources, seqs, rows, 0)
+            b, Rc = r.shape[:2]
+            per_t = b * H * n * (4 * dh + T) * el
+            tc = max(1, min(T, _budget() // per_t))
+            low = None
+            kept = torch.zeros_like(A[seqs, rows])
+            if skip > 0:
+                low = torch.zeros_like(kept)
+            for alpha, weight in zip(alphas, weights):
+                p = self._parts(alpha * zb)
+                P = self._query_part(p, rotate=False)
+                Jw = self._scale_row(p, r) if self.q is not None else None
+                bounds = sorted({0, skip, T} | set(range(0, T, tc)))
+                for t0, t1 in zip(bounds[:-1], bounds[1:]):
+                    part = self._attribution_part(p, P, r, zb, slice(t0, t1), Jw)
+                    acc = kept if t0 >= skip else low
+                    acc.add_(part, alpha=weight)
+            if low is None:
+                A[seqs, rows] = kept
+            else:
+                A[seqs, rows] = kept + low
+                A_kept[seqs, rows] = kept
+        if skip > 0 and sources is None:
+            A_kept = A_kept[:, skip:]
+        return A, A_kept
+
+    def _attribution_part(self, p: dict[str, Tensor], P: Tensor, r: Tensor, z: Tensor,
+                          ts: slice, Jw: Tensor | None) -> Tensor:
+        """``sum_{t in ts} J^r_t[i, j] z_tj`` ``(b, R, n_out, n_in)`` at one quadrature point."""
+        zt = z[:, ts]  # (b, tc, n)
+        rt = r[..., ts]
+        # Key and query weights rotated to each position: R_t W^T (H, tc, dh, n).
+        WKr = self._rot(self.WK[:, None], ts, 1).transpose(-1, -2)
+        WQr = self._rot(self.WQ[:, None], ts, 1).transpose(-1, -2)
+        Zk = WKr[None] * zt[:, None, :, None, :]  # (b, H, tc, dh, n)
+        Zq = WQr[None] * zt[:, None, :, None, :]
+        a = p["a"][..., ts]  # (b, H, S, tc)
+        ra = r[:, :, None, :, None] * a[:, None]  # (b, R, H, S, tc)
+        # Values: sum_t c_ht WV_h[j, m] z_tj.
+        cz = torch.einsum("brht,btj->brhj", ra.sum(3), zt)
+        W = cz[:, :, :, None, :] * self.WV.transpose(1, 2)
+        # Keys: PsiK_t WK^T = (v_t w_t^T - X_t) R_t WK^T.
+        w = ra.transpose(-1, -2) @ p["q"][:, None]  # (b, R, H, tc, dh)
+        wz = torch.einsum("brhtk,bhtkj->brhtj", w, Zk)
+        W += p["v"][:, None, :, ts].transpose(-1, -2) @ wz
+        b, H, tc, dh, n = Zk.shape
+        qZ = p["q"] @ Zk.transpose(2, 3).reshape(b, H, dh, tc * n)  # (b, H, S, tc * n)
+        lam = (a[..., None] * qZ.unflatten(-1, (tc, n))).sum(3)  # (b, H, S, n)
+        ro = r[:, :, None, :, None] * p["o"][:, None]  # (b, R, H, S, dh)
+        W -= ro.transpose(-1, -2) @ lam[:, None]
+        # Queries: PsiQ_t WQ^T = r_t P_t R_t WQ^T.
+        PZ = torch.matmul(P[:, :, ts], Zq)  # (b, H, tc, dh, n)
+        W += torch.einsum("brt,bhtmj->brhmj", rt, PZ)
+        out = torch.einsum("hmi,brhmj->brij", self.U, W)
+        out += torch.einsum("brt,btj->brj", rt, zt)[:, :, None, :] * self.L0
+        if Jw is not None:
+            jz = torch.einsum("brtj,btj->brj", Jw[:, :, ts], zt)
+            out += self.q[:, None] * jz[:, :, None, :]
+        return out
+
+    # -- ablation --------------------------------------------------------------------------
+    def _row_elements(self, T: int, k: int, R: int, complement: bool) -> int:
+        H, dh = self.H, self.dh
+        extra = 3 * T * self.d if self.q is not None else 0
+        return T * k + 6 * H * T * dh + 3 * H * T * T + 2 * T * R + extra
+
+    def _width_cost(self, T: int, k: int, complement: bool) -> float:
+        return k
+
+    def _ablated_block(self, z: Tensor, masks: Tensor, chunks: list) -> Tensor:
+        """Per distinct mask: queries, keys and values from the kept (or dropped) columns,
+        rotated after the projection; with a norm after, ``x'`` and its scale only for the
+        masks of outputs that read the scale."""
+        B, T, _ = z.shape
+        pos = slice(0, T)
+        out = z @ (masks * self.L0).T  # (B, T, n_out): residual and biases
+        allowed = self._allowed(T, z.device)
+        full = None
+        for idx, valid, outs, complement in chunks:
+            zg = z[..., idx] * valid  # (B, T, C, k)
+            q = torch.einsum("btcj,hcjd->bchtd", zg, self.WQ[:, idx])
+            k = torch.einsum("btcj,hcjd->bchtd", zg, self.WK[:, idx])
+            v = torch.einsum("btcj,hcjd->bchtd", zg, self.WV[:, idx])
+            f0 = torch.einsum("btcj,cj->bct", zg, self.a0[idx])
+            if complement:
+                if full is None:
+                    full = (torch.einsum("btj,hjd->bhtd", z, self.WQ)[:, None],
+                            torch.einsum("btj,hjd->bhtd", z, self.WK)[:, None],
+                            torch.einsum("btj,hjd->bhtd", z, self.WV)[:, None],
+                            (z @ self.a0)[:, None])
+                q, k, v = full[0] - q, full[1] - k, full[2] - v
+                f0 = full[3] - f0
+            q, k = self._rot(q, pos, 3), self._rot(k, pos, 3)
+            scores = q @ k.transpose(-1, -2)
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            o = torch.softmax(scores, dim=-1) @ v  # (B, C, H, T, dh)
+            Ug = self.U[:, :, outs]  # (H, dh, C, R)
+            val = torch.einsum("bchtm,hmcr->btcr", o, Ug)
+            cols = outs.reshape(-1)
+            out[..., cols] += val.reshape(B, T, -1)
+            if self.q is not None:
+                qs = self.q[outs]  # (C, R)
+                sel = torch.nonzero((qs != 0).any(1)).squeeze(1)
+                if sel.numel():
+                    xs = torch.einsum("btcj,cjd->bctd", zg[:, :, sel], self.resid.T[idx[sel]])
+                    if complement:
+                        xs = (z @ self.resid.T)[:, None] - xs
+                    xs = xs + torch.einsum("bchtm,hmd->bctd", o[:, sel], self.W_O)
+                    xs = xs - (xs.mean(-1, keepdim=True) if self.norm.center else 0.0)
+                    sc = torch.sqrt(xs.pow(2).mean(-1) + self.norm.eps * f0[:, sel].pow(2))
+                    add = torch.einsum("bct,cr->btcr", sc, qs[sel])
+                    out[..., outs[sel].reshape(-1)] += add.reshape(B, T, -1)
+        return out
