@@ -185,7 +185,9 @@ class AttentionSpanComposite(_FoldedComposite):
 
         xr = x[..., :r]
         y = cos * xr - flip(sin * xr) if transpose else cos * xr + sin * flip(xr)
-        return y if r == x.shape[-1] else torch.cat([y, x[..., r:]], dim=-1)
+        if r == x.shape[-1]:
+            return y
+        return torch.cat([y, x[..., r:].expand(*y.shape[:-1], -1)], dim=-1)
 
     def _parts(self, z: Tensor) -> dict[str, Tensor]:
         """Queries, keys, values, pattern and head outputs of sequences ``z (b, T, n_in)``.
