@@ -152,6 +152,7 @@ class AttentionSpanComposite(_FoldedComposite):
         else:
             self.q = None
         self._G: Tensor | None = None
+        self._W3: Tensor | None = None
         self._mask_cache: dict[int, Tensor | None] = {}
 
     # -- forward pieces ------------------------------------------------------------------------
@@ -167,7 +168,10 @@ class AttentionSpanComposite(_FoldedComposite):
         """``R_t x`` (or ``R_t^T x``) on the last dimension, position ``t`` on ``pos_dim``.
 
         ``R_t x = cos_t x + sin_t F(x)`` on the first ``rotary_dim`` coordinates, ``F`` the
-        rotate-half (or adjacent-pairs) map; ``F^T = -F``, so ``R_t^T y = cos_t y - F(sin_t y)``.
+        rotate-half (or adjacent-pairs) map ``F [x1; x2] = [-x2; x1]``. On the two halves
+        (or the even and odd coordinates): ``R = [[C1, -S1], [S2, C2]]`` and
+        ``R^T = [[C1, S2], [-S1, C2]]``. Returns a new contiguous tensor (broadcast over
+        the positions when ``x`` has one there).
         """
         rot = self.rotary
         if rot is None:
@@ -177,17 +181,25 @@ class AttentionSpanComposite(_FoldedComposite):
         shape = [1] * x.dim()
         shape[pos_dim], shape[-1] = cos.shape[0], r
         cos, sin = cos.reshape(shape), sin.reshape(shape)
+        out_shape = list(torch.broadcast_shapes(x.shape[:-1] + (r,), cos.shape))
+        out_shape[-1] = x.shape[-1]
+        out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
 
-        def flip(u: Tensor) -> Tensor:
+        def halves(u: Tensor) -> tuple[Tensor, Tensor]:
             if rot.adjacent_pairs:
-                return torch.stack([-u[..., 1::2], u[..., 0::2]], dim=-1).flatten(-2)
-            return torch.cat([-u[..., r // 2 :], u[..., : r // 2]], dim=-1)
+                return u[..., 0:r:2], u[..., 1:r:2]
+            return u[..., : r // 2], u[..., r // 2 : r]
 
-        xr = x[..., :r]
-        y = cos * xr - flip(sin * xr) if transpose else cos * xr + sin * flip(xr)
-        if r == x.shape[-1]:
-            return y
-        return torch.cat([y, x[..., r:].expand(*y.shape[:-1], -1)], dim=-1)
+        (x1, x2), (c1, c2), (s1, s2), (o1, o2) = halves(x), halves(cos), halves(sin), halves(out)
+        if transpose:  # o1 = c1 x1 + s2 x2, o2 = c2 x2 - s1 x1
+            torch.mul(x1, c1, out=o1).addcmul_(x2, s2)
+            torch.mul(x2, c2, out=o2).addcmul_(x1, s1, value=-1.0)
+        else:  # o1 = c1 x1 - s1 x2, o2 = c2 x2 + s2 x1
+            torch.mul(x1, c1, out=o1).addcmul_(x2, s1, value=-1.0)
+            torch.mul(x2, c2, out=o2).addcmul_(x1, s2)
+        if r < x.shape[-1]:
+            out[..., r:] = x[..., r:]
+        return out
 
     def _parts(self, z: Tensor) -> dict[str, Tensor]:
         """Queries, keys, values, pattern and head outputs of sequences ``z (b, T, n_in)``.
@@ -292,6 +304,7 @@ class AttentionSpanComposite(_FoldedComposite):
             self._G = (Ucat.T @ Ucat).reshape(H * dh, H, dh).permute(1, 0, 2).contiguous()
         Gb = self._G  # (H_g, H dh, dh): the columns of G of key/value head g
         K = torch.zeros(H, H, 3 * dh, 3 * dh, dtype=f64, device=z.device)
+        Kc = z.new_zeros(H, H, 3 * dh, 3 * dh)  # per chunk of sequences, in z's dtype
         Msum = torch.zeros(H, dh, 3 * dh, dtype=f64, device=z.device)
         Ns = self.N[:, start:]
         gram = torch.zeros(n - start, n - start, dtype=f64, device=z.device)
@@ -308,8 +321,8 @@ class AttentionSpanComposite(_FoldedComposite):
             P = self._query_part(p, rotate=True)
             r = self._row_weights(z, sources, seqs, rows, skip)
             b, Rc = r.shape[:2]
-            Jw = self._scale_row(p, r)[:, :, skip:, start:] if self.q is not None else None
             tc = max(1, min(Tk, _budget() // max(1, b * Rc * per_token)))
+            mu = []  # the value-path covector Q^T q through M, per token
             for t0 in range(skip, T, tc):
                 ts = slice(t0, min(T, t0 + tc))
                 c, psi_k, psi_q = self._psi(p, r, ts, P)
@@ -321,19 +334,31 @@ class AttentionSpanComposite(_FoldedComposite):
                 M[..., dh : 2 * dh] = psi_k.permute(2, 4, 0, 1, 3, 5)
                 M[..., 2 * dh :] = psi_q.permute(2, 4, 0, 1, 3, 5)
                 M = M.reshape(H, dh, N, 3 * dh)
+                MT = M.reshape(H, dh * N, 3 * dh).transpose(1, 2)  # (H, 3 dh, dh N)
+                # K[h, g] = sum_n M_nh^T G_hg M_ng, for h >= g (the rest by symmetry).
                 Y = torch.matmul(Gb, M.reshape(H, dh, N * 3 * dh)).reshape(
                     H, H, dh * N, 3 * dh)
-                K += torch.matmul(M.reshape(1, H, dh * N, 3 * dh).transpose(-1, -2), Y)
+                for g in range(H):
+                    torch.baddbmm(Kc[g, g:], MT[g:], Y[g, g:], out=Kc[g, g:])
                 rt = r[..., ts].reshape(N)
                 Msum += torch.einsum("n,hmnx->hmx", rt, M)
                 rr += float(rt.double().pow(2).sum())
-                if Jw is not None:
-                    Ju = torch.einsum("hm,hmnx->nhx", self.Uq, M).reshape(N, -1) @ Ns
-                    Ju = Ju + rt[:, None] * self.L0q[start:]
-                    Jwt = Jw[:, :, t0 - skip : t0 - skip + nt].reshape(N, -1).to(f64)
-                    cross = Ju.to(f64).T @ Jwt
-                    gram += cross + cross.T + float(self.q.double() @ self.q.double()) * (
-                        Jwt.T @ Jwt)
+                if self.q is not None:
+                    mu.append(torch.einsum("hm,hmnx->nhx", self.Uq, M).reshape(b, Rc, nt, -1))
+            K += Kc
+            Kc.zero_()
+            if self.q is not None:
+                # Rows (b, R, t) of the fixed covector Q^T q and of the scale, t >= skip.
+                Ju = torch.cat(mu, dim=2).reshape(b * Rc * Tk, -1) @ Ns
+                Ju += r[..., skip:].reshape(-1, 1) * self.L0q[start:]
+                Jw = self._scale_row(p, r)[:, :, skip:, start:].reshape(Ju.shape)
+                Ju, Jw = Ju.to(f64), Jw.to(f64)
+                cross = Ju.T @ Jw
+                gram += cross + cross.T
+                gram += float(self.q.double() @ self.q.double()) * (Jw.T @ Jw)
+        # Only the blocks h >= g were accumulated: K[g, h] for h < g is K[h, g]^T.
+        lower = torch.tril_indices(H, H, -1, device=z.device)  # (g, h) with h < g
+        K[lower[0], lower[1]] = K[lower[1], lower[0]].transpose(-1, -2)
         Ns, L0 = Ns.to(f64), self.L0[:, start:].to(f64)
         Kfull = K.permute(1, 2, 0, 3).reshape(3 * H * dh, 3 * H * dh)
         E = torch.einsum("hmi,hmx->ihx", self.U.to(f64), Msum).reshape(-1, 3 * H * dh)
@@ -439,43 +464,54 @@ class AttentionSpanComposite(_FoldedComposite):
         rotated after the projection; with a norm after, ``x'`` and its scale only for the
         masks of outputs that read the scale."""
         B, T, _ = z.shape
+        H, dh = self.H, self.dh
         pos = slice(0, T)
-        out = z @ (masks * self.L0).T  # (B, T, n_out): residual and biases
+        # Outputs first, so adding the outputs of a chunk is a row gather: (n_out, B, T).
+        out = (masks * self.L0) @ z.reshape(B * T, -1).T  # the residual and biases
+        out = out.reshape(-1, B, T)
         allowed = self._allowed(T, z.device)
+        if self._W3 is None or self._W3.dtype != z.dtype:
+            self._W3 = torch.cat([self.WQ, self.WK, self.WV], dim=2).transpose(0, 1).contiguous()
+            self._residT = self.resid.T.contiguous()  # (n_in, d)
+            self._Uo = self.U.permute(2, 0, 1).reshape(self.n_out, -1).contiguous()
+        W3 = self._W3  # (n_in, H, 3 dh)
         full = None
         for idx, valid, outs, complement in chunks:
-            zg = z[..., idx] * valid  # (B, T, C, k)
-            q = torch.einsum("btcj,hcjd->bchtd", zg, self.WQ[:, idx])
-            k = torch.einsum("btcj,hcjd->bchtd", zg, self.WK[:, idx])
-            v = torch.einsum("btcj,hcjd->bchtd", zg, self.WV[:, idx])
-            f0 = torch.einsum("btcj,cj->bct", zg, self.a0[idx])
+            C = idx.shape[0]
+            zg = (z[..., idx] * valid).permute(0, 2, 1, 3)  # (B, C, T, k): kept or dropped
+            Wg = W3[idx].permute(0, 2, 1, 3)  # (C, H, k, 3 dh)
+            qkv = torch.matmul(zg[:, :, None], Wg)  # (B, C, H, T, 3 dh)
+            f0 = zg @ self.a0[idx][..., None]  # (B, C, T, 1)
             if complement:
                 if full is None:
-                    full = (torch.einsum("btj,hjd->bhtd", z, self.WQ)[:, None],
-                            torch.einsum("btj,hjd->bhtd", z, self.WK)[:, None],
-                            torch.einsum("btj,hjd->bhtd", z, self.WV)[:, None],
-                            (z @ self.a0)[:, None])
-                q, k, v = full[0] - q, full[1] - k, full[2] - v
-                f0 = full[3] - f0
-            q, k = self._rot(q, pos, 3), self._rot(k, pos, 3)
-            scores = q @ k.transpose(-1, -2)
+                    full = (torch.einsum("btj,jhx->bhtx", z, W3)[:, None],
+                            (z @ self.a0)[:, None, :, None], (z @ self._residT)[:, None])
+                qkv = torch.sub(full[0], qkv, out=qkv)
+                f0 = full[1] - f0
+            q = self._rot(qkv[..., :dh], pos, 3)
+            k = self._rot(qkv[..., dh : 2 * dh], pos, 3)
+            scores = q @ k.transpose(-1, -2)  # (B, C, H, T, T)
             if allowed is not None:
-                scores = scores.masked_fill(~allowed, float("-inf"))
-            o = torch.softmax(scores, dim=-1) @ v  # (B, C, H, T, dh)
-            Ug = self.U[:, :, outs]  # (H, dh, C, R)
-            val = torch.einsum("bchtm,hmcr->btcr", o, Ug)
-            cols = outs.reshape(-1)
-            out[..., cols] += val.reshape(B, T, -1)
+                scores.masked_fill_(~allowed, float("-inf"))
+            o = torch.softmax(scores, dim=-1) @ qkv[..., 2 * dh :]  # (B, C, H, T, dh)
+            o = o.transpose(2, 3).reshape(B, C, T, H * dh)
+            Ug = self._Uo[outs].transpose(1, 2)  # (C, H dh, R)
+            val = o @ Ug  # (B, C, T, R)
+            out[outs.reshape(-1)] += val.permute(1, 3, 0, 2).reshape(-1, B, T)
             if self.q is not None:
                 qs = self.q[outs]  # (C, R)
                 sel = torch.nonzero((qs != 0).any(1)).squeeze(1)
-                if sel.numel():
-                    xs = torch.einsum("btcj,cjd->bctd", zg[:, :, sel], self.resid.T[idx[sel]])
-                    if complement:
-                        xs = (z @ self.resid.T)[:, None] - xs
-                    xs = xs + torch.einsum("bchtm,hmd->bctd", o[:, sel], self.W_O)
-                    xs = xs - (xs.mean(-1, keepdim=True) if self.norm.center else 0.0)
-                    sc = torch.sqrt(xs.pow(2).mean(-1) + self.norm.eps * f0[:, sel].pow(2))
-                    add = torch.einsum("bct,cr->btcr", sc, qs[sel])
-                    out[..., outs[sel].reshape(-1)] += add.reshape(B, T, -1)
-        return out
+                if sel.numel() == C:  # every mask of the chunk (no copies)
+                    sel = slice(None)
+                elif not sel.numel():
+                    continue
+                xs = zg[:, sel] @ self._residT[idx[sel]]  # (B, Cs, T, d)
+                if complement:
+                    xs = torch.sub(full[2], xs, out=xs)
+                xs += o[:, sel] @ self.W_O.reshape(H * dh, -1)
+                if self.norm.center:
+                    xs -= xs.mean(-1, keepdim=True)
+                var = xs.pow_(2).mean(-1) + self.norm.eps * f0[:, sel, :, 0].pow(2)
+                add = var.sqrt_()[..., None] * qs[sel][:, None, :]  # (B, Cs, T, R)
+                out[outs[sel].reshape(-1)] += add.permute(1, 3, 0, 2).reshape(-1, B, T)
+        return out.permute(1, 2, 0)
