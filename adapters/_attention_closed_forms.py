@@ -34,7 +34,6 @@ once: the Jacobian is never formed. A following ``ln_in`` adds the scale row ``q
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -153,6 +152,7 @@ class AttentionSpanComposite(_FoldedComposite):
             self.q = None
         self._G: Tensor | None = None
         self._W3: Tensor | None = None
+        self._WKQ: Tensor | None = None
         self._mask_cache: dict[int, Tensor | None] = {}
 
     # -- forward pieces ------------------------------------------------------------------------
@@ -280,12 +280,12 @@ class AttentionSpanComposite(_FoldedComposite):
         psi_q = r[:, :, None, ts, None, None] * P[:, None, :, ts]
         return c, psi_k, psi_q
 
-    def _query_part(self, p: dict[str, Tensor], rotate: bool) -> Tensor:
-        """``sum_k a_htk (v_hk - o_ht) k_hk^T`` ``(b, H, T, dh, dh)``, times ``R_t`` if asked."""
+    def _query_part(self, p: dict[str, Tensor]) -> Tensor:
+        """``sum_k a_htk (v_hk - o_ht) k_hk^T R_t`` ``(b, H, T, dh, dh)``: ``PsiQ`` over ``r_t``."""
         a, o, v, k = p["a"], p["o"], p["v"], p["k"]
         vk = (v[..., :, None] * k[..., None, :]).flatten(-2)  # (b, H, T, dh * dh)
         P = (a @ vk).unflatten(-1, (v.shape[-1], -1)) - o[..., None] * (a @ k)[..., None, :]
-        return self._rot(P, slice(0, P.shape[2]), 2, True) if rotate else P
+        return self._rot(P, slice(0, P.shape[2]), 2, True)
 
     # -- the Gram matrix of LIB -------------------------------------------------------------
     def jacobian_gram(self, z: Tensor, sources: Tensor | None = None, start: int = 0,
@@ -318,7 +318,7 @@ class AttentionSpanComposite(_FoldedComposite):
         for seqs, rows in self._rows(B, T, R, skip, Tk * per_token, z.dtype, z.device):
             zb = z[seqs]
             p = self._parts(zb)
-            P = self._query_part(p, rotate=True)
+            P = self._query_part(p)
             r = self._row_weights(z, sources, seqs, rows, skip)
             b, Rc = r.shape[:2]
             tc = max(1, min(Tk, _budget() // max(1, b * Rc * per_token)))
@@ -373,8 +373,9 @@ class AttentionSpanComposite(_FoldedComposite):
 
         Returns ``(A, A_kept)``, ``A_kept`` the same over input positions ``t >= skip`` only
         (and without sources only the output positions ``s >= skip``); ``A_kept is A`` when
-        ``skip == 0``. Position sums are contracted inside the heads; the Jacobian is never
-        formed.
+        ``skip == 0``. The position sum is contracted inside the heads,
+        ``sum_t Psi_ht[m, k] z_tj`` as one GEMM per head, then with the key and query
+        weights; the Jacobian is never formed.
         """
         alphas = torch.as_tensor(alphas, dtype=torch.float64).tolist()
         weights = torch.as_tensor(weights, dtype=torch.float64).tolist()
@@ -386,65 +387,55 @@ class AttentionSpanComposite(_FoldedComposite):
         A = z.new_zeros(B, rows_total, n_out, n)
         A_kept = A if skip == 0 else z.new_zeros(B, rows_total, n_out, n)
         el = z.element_size()
-        per_row = (H * dh * n + 2 * n_out * n) * el
-        # All output rows without sources (skip handled when slicing A_kept).
+        per_row = (4 * T * H * dh * dh + 2 * H * dh * n + 3 * n_out * n) * el
+        ranges = [slice(0, T)] if skip == 0 else [slice(skip, T), slice(0, skip)]
+        # All output rows without sources (A_kept is sliced at the end).
         for seqs, rows in self._rows(B, T, R, 0, per_row, z.dtype, z.device):
             zb = z[seqs]
             r = self._row_weights(z, sources, seqs, rows, 0)
-            b, Rc = r.shape[:2]
-            per_t = b * H * n * (4 * dh + T) * el
-            tc = max(1, min(T, _budget() // per_t))
-            low = None
-            kept = torch.zeros_like(A[seqs, rows])
-            if skip > 0:
-                low = torch.zeros_like(kept)
+            parts = [torch.zeros_like(A[seqs, rows]) for _ in ranges]
             for alpha, weight in zip(alphas, weights):
                 p = self._parts(alpha * zb)
-                P = self._query_part(p, rotate=False)
+                P = self._query_part(p)
+                c, psi_k, psi_q = self._psi(p, r, slice(0, T), P)
                 Jw = self._scale_row(p, r) if self.q is not None else None
-                bounds = sorted({0, skip, T} | set(range(0, T, tc)))
-                for t0, t1 in zip(bounds[:-1], bounds[1:]):
-                    part = self._attribution_part(p, P, r, zb, slice(t0, t1), Jw)
-                    acc = kept if t0 >= skip else low
-                    acc.add_(part, alpha=weight)
-            if low is None:
-                A[seqs, rows] = kept
-            else:
-                A[seqs, rows] = kept + low
-                A_kept[seqs, rows] = kept
+                for acc, ts in zip(parts, ranges):
+                    acc.add_(self._attribution_part(c, psi_k, psi_q, Jw, r, zb, ts),
+                             alpha=weight)
+            A[seqs, rows] = parts[0] if skip == 0 else parts[0] + parts[1]
+            if skip:
+                A_kept[seqs, rows] = parts[0]
         if skip > 0 and sources is None:
             A_kept = A_kept[:, skip:]
         return A, A_kept
 
-    def _attribution_part(self, p: dict[str, Tensor], P: Tensor, r: Tensor, z: Tensor,
-                          ts: slice, Jw: Tensor | None) -> Tensor:
-        """``sum_{t in ts} J^r_t[i, j] z_tj`` ``(b, R, n_out, n_in)`` at one quadrature point."""
+    def _attribution_part(self, c: Tensor, psi_k: Tensor, psi_q: Tensor, Jw: Tensor | None,
+                          r: Tensor, z: Tensor, ts: slice) -> Tensor:
+        """``sum_{t in ts} J^r_t[i, j] z_tj`` ``(b, R, n_out, n_in)`` at one quadrature point.
+
+        ``J^r_t = r_t L0 + sum_h U_h^T (c_ht WV_h^T + PsiK_ht WK_h^T + PsiQ_ht WQ_h^T)``.
+        """
         zt = z[:, ts]  # (b, tc, n)
-        rt = r[..., ts]
-        # Key and query weights rotated to each position: R_t W^T (H, tc, dh, n).
-        WKr = self._rot(self.WK[:, None], ts, 1).transpose(-1, -2)
-        WQr = self._rot(self.WQ[:, None], ts, 1).transpose(-1, -2)
-        Zk = WKr[None] * zt[:, None, :, None, :]  # (b, H, tc, dh, n)
-        Zq = WQr[None] * zt[:, None, :, None, :]
-        a = p["a"][..., ts]  # (b, H, S, tc)
-        ra = r[:, :, None, :, None] * a[:, None]  # (b, R, H, S, tc)
-        # Values: sum_t c_ht WV_h[j, m] z_tj.
-        cz = torch.einsum("brht,btj->brhj", ra.sum(3), zt)
-        W = cz[:, :, :, None, :] * self.WV.transpose(1, 2)
-        # Keys: PsiK_t WK^T = (v_t w_t^T - X_t) R_t WK^T.
-        w = ra.transpose(-1, -2) @ p["q"][:, None]  # (b, R, H, tc, dh)
-        wz = torch.einsum("brhtk,bhtkj->brhtj", w, Zk)
-        W += p["v"][:, None, :, ts].transpose(-1, -2) @ wz
-        b, H, tc, dh, n = Zk.shape
-        qZ = p["q"] @ Zk.transpose(2, 3).reshape(b, H, dh, tc * n)  # (b, H, S, tc * n)
-        lam = (a[..., None] * qZ.unflatten(-1, (tc, n))).sum(3)  # (b, H, S, n)
-        ro = r[:, :, None, :, None] * p["o"][:, None]  # (b, R, H, S, dh)
-        W -= ro.transpose(-1, -2) @ lam[:, None]
-        # Queries: PsiQ_t WQ^T = r_t P_t R_t WQ^T.
-        PZ = torch.matmul(P[:, :, ts], Zq)  # (b, H, tc, dh, n)
-        W += torch.einsum("brt,bhtmj->brhmj", rt, PZ)
+        b, R = r.shape[:2]
+        H, dh = self.H, self.dh
+        n = zt.shape[-1]
+        if self._WKQ is None or self._WKQ.dtype != z.dtype:
+            self._WKQ = torch.cat([self.WK, self.WQ], dim=2).transpose(1, 2).contiguous()
+        # Values: sum_t c_ht z_tj WV_h[j, m].
+        cz = torch.einsum("brht,btj->brhj", c[..., ts], zt)
+        W = cz[:, :, :, None, :] * self.WV.transpose(1, 2)  # (b, R, H, dh, n)
+        # Keys and queries: Omega[m, x, j] = sum_t Psi_t[m, x] z_tj, then with [WK; WQ].
+        per_head = b * R * dh * 2 * dh * n * z.element_size()
+        hc = max(1, min(H, _budget() // max(1, per_head)))
+        for h0 in range(0, H, hc):
+            hs = slice(h0, min(H, h0 + hc))
+            psi = torch.cat([psi_k[:, :, hs, ts], psi_q[:, :, hs, ts]], dim=-1)
+            psi = psi.permute(0, 1, 2, 4, 5, 3)  # (b, R, hc, dh, 2 dh, tc)
+            psi = psi.reshape(b, -1, psi.shape[-1])  # (b, R hc dh 2dh, tc)
+            omega = torch.bmm(psi, zt).reshape(b, R, -1, dh, 2 * dh, n)
+            W[:, :, hs] += (omega * self._WKQ[hs, None]).sum(-2)
         out = torch.einsum("hmi,brhmj->brij", self.U, W)
-        out += torch.einsum("brt,btj->brj", rt, zt)[:, :, None, :] * self.L0
+        out += torch.einsum("brt,btj->brj", r[..., ts], zt)[:, :, None, :] * self.L0
         if Jw is not None:
             jz = torch.einsum("brtj,btj->brj", Jw[:, :, ts], zt)
             out += self.q[:, None] * jz[:, :, None, :]
