@@ -302,15 +302,21 @@ class AttentionSpanComposite(_FoldedComposite):
         if self._G is None or self._G.dtype != z.dtype:
             Ucat = self.U.permute(2, 0, 1).reshape(-1, H * dh)
             self._G = (Ucat.T @ Ucat).reshape(H * dh, H, dh).permute(1, 0, 2).contiguous()
-        Gb = self._G  # (H_g, H dh, dh): the columns of G of key/value head g
-        K = torch.zeros(H, H, 3 * dh, 3 * dh, dtype=f64, device=z.device)
-        Kc = z.new_zeros(H, H, 3 * dh, 3 * dh)  # per chunk of sequences, in z's dtype
-        Msum = torch.zeros(H, dh, 3 * dh, dtype=f64, device=z.device)
+        Gb = self._G  # (H_g, H dh, dh): the columns of G of head g
+        # M_nh = [c_nh I | X_nh], X = [PsiK | PsiQ] (dh x 2 dh). The blocks of
+        # sum_n M_n^T G M_n: VV = (sum_n c_nh c_ng) G_hg, VX = G_hg sum_n c_nh X_ng, and
+        # XX = sum_n X_nh^T G_hg X_ng, the only one that needs GEMMs per token.
+        KX = torch.zeros(H, H, 2 * dh, 2 * dh, dtype=f64, device=z.device)
+        KXc = z.new_zeros(H, H, 2 * dh, 2 * dh)  # per chunk of sequences, in z's dtype
+        CC = torch.zeros(H, H, dtype=f64, device=z.device)
+        Sig = torch.zeros(H, H, dh, 2 * dh, dtype=f64, device=z.device)
+        Msum_c = torch.zeros(H, dtype=f64, device=z.device)
+        Msum_x = torch.zeros(H, dh, 2 * dh, dtype=f64, device=z.device)
         Ns = self.N[:, start:]
         gram = torch.zeros(n - start, n - start, dtype=f64, device=z.device)
         rr = 0.0
         el = z.element_size()
-        per_token = H * H * dh * 3 * dh * el * 2  # Y and the M chunk
+        per_token = H * H * dh * 2 * dh * el * 2  # Y and the X chunk
         Tk = T - skip
         R = None if sources is None else sources.shape[1]
         if Tk <= 0:
@@ -328,25 +334,28 @@ class AttentionSpanComposite(_FoldedComposite):
                 c, psi_k, psi_q = self._psi(p, r, ts, P)
                 nt = c.shape[-1]
                 N = b * Rc * nt
-                M = z.new_zeros(H, dh, b, Rc, nt, 3 * dh)
-                torch.diagonal(M[..., :dh], dim1=1, dim2=5).copy_(
-                    c.permute(2, 0, 1, 3)[..., None].expand(H, b, Rc, nt, dh))
-                M[..., dh : 2 * dh] = psi_k.permute(2, 4, 0, 1, 3, 5)
-                M[..., 2 * dh :] = psi_q.permute(2, 4, 0, 1, 3, 5)
-                M = M.reshape(H, dh, N, 3 * dh)
-                MT = M.reshape(H, dh * N, 3 * dh).transpose(1, 2)  # (H, 3 dh, dh N)
-                # K[h, g] = sum_n M_nh^T G_hg M_ng, for h >= g (the rest by symmetry).
-                Y = torch.matmul(Gb, M.reshape(H, dh, N * 3 * dh)).reshape(
-                    H, H, dh * N, 3 * dh)
-                for g in range(H):
-                    torch.baddbmm(Kc[g, g:], MT[g:], Y[g, g:], out=Kc[g, g:])
+                X = torch.empty(H, dh, b, Rc, nt, 2 * dh, dtype=z.dtype, device=z.device)
+                X[..., :dh] = psi_k.permute(2, 4, 0, 1, 3, 5)
+                X[..., dh:] = psi_q.permute(2, 4, 0, 1, 3, 5)
+                X = X.reshape(H, dh, N, 2 * dh)
+                cn = c.permute(0, 1, 3, 2).reshape(N, H)  # tokens (b, R, t) in X's order
+                XT = X.reshape(H, dh * N, 2 * dh).transpose(1, 2)  # (H, 2 dh, dh N)
+                Y = torch.matmul(Gb, X.reshape(H, dh, N * 2 * dh)).reshape(
+                    H, H, dh * N, 2 * dh)
+                for g in range(H):  # XX[h, g] for h >= g; the rest by symmetry
+                    torch.baddbmm(KXc[g, g:], XT[g:], Y[g, g:], out=KXc[g, g:])
+                CC += (cn.T @ cn).to(f64)
+                Sig += torch.einsum("nh,gmnx->hgmx", cn, X).to(f64)
                 rt = r[..., ts].reshape(N)
-                Msum += torch.einsum("n,hmnx->hmx", rt, M)
+                Msum_c += (rt @ cn).to(f64)
+                Msum_x += torch.einsum("n,hmnx->hmx", rt, X).to(f64)
                 rr += float(rt.double().pow(2).sum())
                 if self.q is not None:
-                    mu.append(torch.einsum("hm,hmnx->nhx", self.Uq, M).reshape(b, Rc, nt, -1))
-            K += Kc
-            Kc.zero_()
+                    m_x = torch.einsum("hm,hmnx->nhx", self.Uq, X)
+                    m_v = cn[:, :, None] * self.Uq
+                    mu.append(torch.cat([m_v, m_x], dim=-1).reshape(b, Rc, nt, -1))
+            KX += KXc
+            KXc.zero_()
             if self.q is not None:
                 # Rows (b, R, t) of the fixed covector Q^T q and of the scale, t >= skip.
                 Ju = torch.cat(mu, dim=2).reshape(b * Rc * Tk, -1) @ Ns
@@ -356,11 +365,19 @@ class AttentionSpanComposite(_FoldedComposite):
                 cross = Ju.T @ Jw
                 gram += cross + cross.T
                 gram += float(self.q.double() @ self.q.double()) * (Jw.T @ Jw)
-        # Only the blocks h >= g were accumulated: K[g, h] for h < g is K[h, g]^T.
         lower = torch.tril_indices(H, H, -1, device=z.device)  # (g, h) with h < g
-        K[lower[0], lower[1]] = K[lower[1], lower[0]].transpose(-1, -2)
+        KX[lower[0], lower[1]] = KX[lower[1], lower[0]].transpose(-1, -2)
+        G4 = self._G.to(f64).permute(1, 0, 2).reshape(H, dh, H, dh)  # G4[h, k, g, l]
+        K4 = torch.empty(H, 3 * dh, H, 3 * dh, dtype=f64, device=z.device)
+        K4[:, :dh, :, :dh] = CC[:, None, :, None] * G4
+        VX = torch.einsum("hkgl,hglx->hkgx", G4, Sig)
+        K4[:, :dh, :, dh:] = VX
+        K4[:, dh:, :, :dh] = VX.permute(2, 3, 0, 1)
+        K4[:, dh:, :, dh:] = KX.permute(1, 2, 0, 3)
+        Kfull = K4.reshape(3 * H * dh, 3 * H * dh)
+        Msum = torch.cat([Msum_c[:, None, None] * torch.eye(dh, dtype=f64, device=z.device),
+                          Msum_x], dim=-1)  # (H, dh, 3 dh)
         Ns, L0 = Ns.to(f64), self.L0[:, start:].to(f64)
-        Kfull = K.permute(1, 2, 0, 3).reshape(3 * H * dh, 3 * H * dh)
         E = torch.einsum("hmi,hmx->ihx", self.U.to(f64), Msum).reshape(-1, 3 * H * dh)
         cross = L0.T @ (E @ Ns)
         gram += Ns.T @ (Kfull @ Ns) + cross + cross.T + rr * (L0.T @ L0)

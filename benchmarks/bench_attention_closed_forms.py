@@ -13,7 +13,7 @@ columns; closed form (``adapter.composite_segment``) and, with ``--generic``, th
 forward pass per distinct mask). Median of ``--repeats`` runs.
 
 Usage: python benchmarks/bench_attention_closed_forms.py [--batch 4] [--positions 128]
-       [--threads 2] [--repeats 3] [--generic] [--json PATH]
+       [--threads 2] [--repeats 3] [--generic | --only-generic] [--json PATH]
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--generic", action="store_true", help="also the generic composite")
+    parser.add_argument("--only-generic", action="store_true", help="only the generic one")
     parser.add_argument("--json", default=None)
     parser.add_argument("--what", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--impl", default=None, help=argparse.SUPPRESS)
@@ -111,6 +112,8 @@ def main() -> None:
         return measure(args)
     results = []
     impls = ["closed"] + (["generic"] if args.generic else [])
+    if args.only_generic:
+        impls = ["generic"]
     for what in ("gram", "attributions", "ablated"):
         for impl in impls:
             runs = []
