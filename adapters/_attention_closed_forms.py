@@ -230,8 +230,8 @@ class AttentionSpanComposite(_FoldedComposite):
         return dict(sc=sc, w=xc / (self.d * sc[..., None]))
 
     # -- row (source) quantities ----------------------------------------------------------------
-    def _rows(self, B: int, T: int, R: int | None, skip: int, per_row: int,
-              dtype: torch.dtype, device: torch.device) -> Iterator[tuple[slice, slice]]:
+    def _rows(self, B: int, T: int, R: int | None, skip: int, per_row: int
+              ) -> Iterator[tuple[slice, slice]]:
         """Chunks ``(sequences, rows)``: all rows with sources, else output positions >= skip."""
         units = R if R is not None else T - skip
         per_seq = max(1, units * per_row)
@@ -293,8 +293,10 @@ class AttentionSpanComposite(_FoldedComposite):
         """``sum J^T J`` over samples, output rows and input positions ``>= skip`` (float64).
 
         ``J = jacobian(z, sources)`` restricted to columns ``>= start``; without sources the
-        output positions ``s >= skip`` (one source row each). Never forms ``J``: per token
-        ``O(H^2 dh^3)`` for ``sum_t M_t^T G M_t`` (see the module docstring).
+        output positions ``s >= skip`` (one source row each, so ``T`` times the work). Never
+        forms ``J``: per token and source row about ``3 H^2 dh^3`` multiply-adds for the
+        key/query blocks of ``sum_t M_t^T G M_t`` (half of the head pairs, by symmetry), the
+        value blocks ``c I`` in closed form; ``N^T (.) N`` once per call.
         """
         B, T, n = z.shape
         H, dh = self.H, self.dh
@@ -321,7 +323,7 @@ class AttentionSpanComposite(_FoldedComposite):
         R = None if sources is None else sources.shape[1]
         if Tk <= 0:
             return gram
-        for seqs, rows in self._rows(B, T, R, skip, Tk * per_token, z.dtype, z.device):
+        for seqs, rows in self._rows(B, T, R, skip, Tk * per_token):
             zb = z[seqs]
             p = self._parts(zb)
             P = self._query_part(p)
@@ -404,10 +406,10 @@ class AttentionSpanComposite(_FoldedComposite):
         A = z.new_zeros(B, rows_total, n_out, n)
         A_kept = A if skip == 0 else z.new_zeros(B, rows_total, n_out, n)
         el = z.element_size()
-        per_row = (4 * T * H * dh * dh + 2 * H * dh * n + 3 * n_out * n) * el
+        per_row = (4 * T * H * dh * dh + H * T * T + 2 * H * dh * n + 3 * n_out * n) * el
         ranges = [slice(0, T)] if skip == 0 else [slice(skip, T), slice(0, skip)]
         # All output rows without sources (A_kept is sliced at the end).
-        for seqs, rows in self._rows(B, T, R, 0, per_row, z.dtype, z.device):
+        for seqs, rows in self._rows(B, T, R, 0, per_row):
             zb = z[seqs]
             r = self._row_weights(z, sources, seqs, rows, 0)
             parts = [torch.zeros_like(A[seqs, rows]) for _ in ranges]
