@@ -163,27 +163,28 @@ class AttentionSpanComposite(_FoldedComposite):
             self._mask_cache[T] = _attention_mask(self.attn, T, device)
         return self._mask_cache[T]
 
-    def _rot(self, x: Tensor, pos: slice | Tensor, pos_dim: int, transpose: bool = False
-             ) -> Tensor:
+    def _rot(self, x: Tensor, pos: slice | Tensor, pos_dim: int, transpose: bool = False,
+             out: Tensor | None = None) -> Tensor:
         """``R_t x`` (or ``R_t^T x``) on the last dimension, position ``t`` on ``pos_dim``.
 
         ``R_t x = cos_t x + sin_t F(x)`` on the first ``rotary_dim`` coordinates, ``F`` the
         rotate-half (or adjacent-pairs) map ``F [x1; x2] = [-x2; x1]``. On the two halves
         (or the even and odd coordinates): ``R = [[C1, -S1], [S2, C2]]`` and
         ``R^T = [[C1, S2], [-S1, C2]]``. Returns a new contiguous tensor (broadcast over
-        the positions when ``x`` has one there).
+        the positions when ``x`` has one there), or writes it into ``out``.
         """
         rot = self.rotary
         if rot is None:
-            return x
+            return x if out is None else out.copy_(x)
         r = rot.rotary_dim
         cos, sin = rot.cos[pos], rot.sin[pos]  # (tc, r)
         shape = [1] * x.dim()
         shape[pos_dim], shape[-1] = cos.shape[0], r
         cos, sin = cos.reshape(shape), sin.reshape(shape)
-        out_shape = list(torch.broadcast_shapes(x.shape[:-1] + (r,), cos.shape))
-        out_shape[-1] = x.shape[-1]
-        out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
+        if out is None:
+            out_shape = list(torch.broadcast_shapes(x.shape[:-1] + (r,), cos.shape))
+            out_shape[-1] = x.shape[-1]
+            out = torch.empty(out_shape, dtype=x.dtype, device=x.device)
 
         def halves(u: Tensor) -> tuple[Tensor, Tensor]:
             if rot.adjacent_pairs:
@@ -267,8 +268,12 @@ class AttentionSpanComposite(_FoldedComposite):
         own = p["w"] @ self.resid + (self.norm.eps * p["f0"] / p["sc"])[..., None] * self.a0
         return coef @ self.N + r[..., None] * own[:, None]
 
-    def _psi(self, p: dict[str, Tensor], r: Tensor, ts: slice, P: Tensor):
-        """``c (b,R,H,tc)``, ``PsiK`` and ``PsiQ`` ``(b,R,H,tc,dh,dh)`` at positions ``ts``."""
+    def _psi(self, p: dict[str, Tensor], r: Tensor, ts: slice, P: Tensor,
+             out: tuple[Tensor, Tensor] | None = None):
+        """``c (b,R,H,tc)``, ``PsiK`` and ``PsiQ`` ``(b,R,H,tc,dh,dh)`` at positions ``ts``.
+
+        ``out``: views of that shape to write ``PsiK`` and ``PsiQ`` into.
+        """
         a, o, q, v = p["a"], p["o"], p["q"], p["v"]
         ra = r[:, :, None, :, None] * a[:, None, :, :, ts]  # (b, R, H, S, tc)
         c = ra.sum(3)
@@ -276,8 +281,12 @@ class AttentionSpanComposite(_FoldedComposite):
         if "oq" not in p:
             p["oq"] = (o[..., :, None] * q[..., None, :]).flatten(-2)  # (b, H, S, dh * dh)
         X = (ra.transpose(-1, -2) @ p["oq"][:, None]).unflatten(-1, (o.shape[-1], -1))
-        psi_k = self._rot(v[:, None, :, ts, :, None] * w[..., None, :] - X, ts, 3, True)
-        psi_q = r[:, :, None, ts, None, None] * P[:, None, :, ts]
+        X = torch.sub(v[:, None, :, ts, :, None] * w[..., None, :], X, out=X)
+        out_k, out_q = (None, None) if out is None else out
+        psi_k = self._rot(X, ts, 3, True, out=out_k)
+        rq = r[:, :, None, ts, None, None]
+        Pt = P[:, None, :, ts]
+        psi_q = rq * Pt if out_q is None else torch.mul(rq, Pt, out=out_q)
         return c, psi_k, psi_q
 
     def _query_part(self, p: dict[str, Tensor]) -> Tensor:
@@ -318,7 +327,7 @@ class AttentionSpanComposite(_FoldedComposite):
         gram = torch.zeros(n - start, n - start, dtype=f64, device=z.device)
         rr = 0.0
         el = z.element_size()
-        per_token = H * H * dh * 2 * dh * el * 2  # Y and the X chunk
+        per_token = 2 * H * dh * 2 * dh * el  # the X chunk and one head's Y
         Tk = T - skip
         R = None if sources is None else sources.shape[1]
         if Tk <= 0:
@@ -333,19 +342,19 @@ class AttentionSpanComposite(_FoldedComposite):
             mu = []  # the value-path covector Q^T q through M, per token
             for t0 in range(skip, T, tc):
                 ts = slice(t0, min(T, t0 + tc))
-                c, psi_k, psi_q = self._psi(p, r, ts, P)
-                nt = c.shape[-1]
+                nt = ts.stop - ts.start
                 N = b * Rc * nt
                 X = torch.empty(H, dh, b, Rc, nt, 2 * dh, dtype=z.dtype, device=z.device)
-                X[..., :dh] = psi_k.permute(2, 4, 0, 1, 3, 5)
-                X[..., dh:] = psi_q.permute(2, 4, 0, 1, 3, 5)
+                views = (X[..., :dh].permute(2, 3, 0, 4, 1, 5),  # as (b, R, H, t, m, k)
+                         X[..., dh:].permute(2, 3, 0, 4, 1, 5))
+                c, _, _ = self._psi(p, r, ts, P, out=views)
                 X = X.reshape(H, dh, N, 2 * dh)
                 cn = c.permute(0, 1, 3, 2).reshape(N, H)  # tokens (b, R, t) in X's order
                 XT = X.reshape(H, dh * N, 2 * dh).transpose(1, 2)  # (H, 2 dh, dh N)
-                Y = torch.matmul(Gb, X.reshape(H, dh, N * 2 * dh)).reshape(
-                    H, H, dh * N, 2 * dh)
                 for g in range(H):  # XX[h, g] for h >= g; the rest by symmetry
-                    torch.baddbmm(KXc[g, g:], XT[g:], Y[g, g:], out=KXc[g, g:])
+                    Y = torch.matmul(Gb[g, g * dh :], X[g].reshape(dh, N * 2 * dh))
+                    Y = Y.reshape(H - g, dh * N, 2 * dh)  # G_hg X_ng for h >= g
+                    torch.baddbmm(KXc[g, g:], XT[g:], Y, out=KXc[g, g:])
                 CC += (cn.T @ cn).to(f64)
                 Sig += torch.einsum("nh,gmnx->hgmx", cn, X).to(f64)
                 rt = r[..., ts].reshape(N)
