@@ -257,9 +257,9 @@ def test_hf_transformer_adapter_passes(name, adapter_kw, exact_llama_rms_norm):
     assert isinstance(adapter, SupportsReferenceForward)
     X = torch.randint(0, 11, (6, 5), generator=torch.Generator().manual_seed(0))
     results = check_adapter(adapter, X)  # its own reference: the HF model's forward
-    # composite_segment: the default cuts keep every norm division in a segment of its own;
-    # the position-wise ones (ln out, the MLP with the next ln in) have closed forms, which
-    # the check compares with the generic segment.
+    # composite_segment: every segment of the default cuts has a closed form (the position-
+    # wise ones in adapters/_norm_closed_forms.py, attention in _attention_closed_forms.py),
+    # which the check compares with the generic segment.
     _assert_all_passed(results)
     detail = next(r for r in results if r.name == "composite_segment")
     assert detail.status == "passed"

@@ -21,6 +21,7 @@ from sklearn_lib import EdgeAblationSearch, IGEdgeScorer, LocalInteractionBasis 
 from sklearn_lib._segments import CompositeSegment, make_composite  # noqa: E402
 from sklearn_lib.adapters import HookedTransformerAdapter  # noqa: E402
 from sklearn_lib.adapters import _transformer_closed_forms as closed_forms  # noqa: E402
+from sklearn_lib.adapters._attention_closed_forms import AttentionSpanComposite  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:HookedTransformer is deprecated:DeprecationWarning"
@@ -206,9 +207,11 @@ def test_layer_norm_models_position_wise_closed_forms(norm):
     gen = torch.Generator().manual_seed(6)
     layers = adapter.node_layers
     for layer_in, layer_out in zip(layers[:-1], layers[1:]):
-        if layer_in.endswith("attn_in"):
-            continue  # attention: adapters/_attention_closed_forms.py
         in_map, out_map = random_maps(adapter, layer_in, layer_out, 5, 4, gen, 3)
+        if layer_in.endswith("attn_in"):  # [attn, ln_in]: adapters/_attention_closed_forms.py
+            fast = adapter.composite_segment(layer_in, in_map, out_map, **F64)
+            assert isinstance(fast, AttentionSpanComposite)
+            continue
         G = make_composite(adapter, [layer_in, layer_out], in_map, out_map, **F64)
         assert isinstance(G, _PositionwiseComposite)
 
@@ -217,15 +220,19 @@ def test_layer_norm_models_position_wise_closed_forms(norm):
     (dict(positional_embedding_type="rotary", rotary_dim=4), "attn"),
     (dict(use_local_attn=True, window_size=2, attn_types=["local"]), "attn"),
 ])
-def test_rotary_and_local_fall_back(overrides, kind):
-    """Not in closed form: the generic composite (torch.func) serves them."""
+def test_rotary_and_local_attention_have_closed_forms(overrides, kind):
+    """Rotary and local attention between residual cuts: adapters/_attention_closed_forms.py."""
     adapter = HookedTransformerAdapter(make_model(**overrides))
     layer = {"attn": "blocks.0.hook_resid_pre", "mlp": "blocks.0.hook_resid_mid"}[kind]
     nxt = adapter.node_layers[adapter.node_layers.index(layer) + 1]
     gen = torch.Generator().manual_seed(8)
     maps = random_maps(adapter, layer, nxt, 5, 4, gen, 3)
-    assert adapter.composite_segment(layer, *maps, **F64) is None
-    assert type(make_composite(adapter, [layer, nxt], *maps, **F64)) is CompositeSegment
+    if kind == "attn":  # served by adapters/_attention_closed_forms.py
+        assert isinstance(make_composite(adapter, [layer, nxt], *maps, **F64),
+                          AttentionSpanComposite)
+    else:
+        assert adapter.composite_segment(layer, *maps, **F64) is None
+        assert type(make_composite(adapter, [layer, nxt], *maps, **F64)) is CompositeSegment
     other = "blocks.0.hook_resid_mid" if kind == "attn" else "blocks.0.hook_resid_pre"
     nxt = adapter.node_layers[adapter.node_layers.index(other) + 1]
     maps = random_maps(adapter, other, nxt, 5, 4, gen, 3)
