@@ -119,6 +119,46 @@ def setup():
     return model, X, y, X_eval, y_eval, graph
 
 
+def gallop(ok, n_total):
+    lo, k = 0, 0
+    while k < n_total and not ok(k):
+        lo, k = k + 1, min(n_total, max(1, 2 * k))
+    while lo < k:
+        mid = (lo + k) // 2
+        lo, k = (lo, mid) if ok(mid) else (mid + 1, k)
+    return k
+
+
+@pytest.mark.parametrize("metric,tolerance", [("accuracy", 0.02), ("loss", 0.01)])
+def test_gallop_search_probes_only_up_to_twice_its_answer(setup, metric, tolerance):
+    """search="gallop": 0, 1, 2, 4, ... then bisection below the first k that keeps the score;
+    the answer of that rule on the explicit scores, the bisection's answer where the curve is
+    monotone, and no probe wider than twice the answer (beyond every edge, for the base)."""
+    model, X, y, X_eval, y_eval, graph = setup
+    fast = EdgeAblationSearch(metric=metric, tolerance=tolerance, search="gallop").fit(
+        graph, X_eval=X_eval, y_eval=y_eval)
+    plain = EdgeAblationSearch(metric=metric, tolerance=tolerance).fit(
+        graph, X_eval=X_eval, y_eval=y_eval)
+    for p, (r, q) in enumerate(zip(fast.results_, plain.results_)):
+        n_total = r.n_edges_total
+        scores = [explicit_score(model, graph, p, k, X_eval, y_eval, metric)
+                  for k in range(n_total + 1)]
+        base = scores[-1]
+
+        def ok(k):
+            return (scores[k] >= base - tolerance) if metric == "accuracy" else (
+                scores[k] <= base + tolerance)
+
+        assert r.n_edges_needed == gallop(ok, n_total)
+        assert r.n_edges_needed_stable == r.n_edges_needed
+        probed = sorted(k for k, _ in r.probes)
+        assert probed[-1] == n_total and all(
+            k <= max(1, 2 * r.n_edges_needed) for k in probed[:-1])
+        admissible = [k for k in range(n_total + 1) if ok(k)]
+        if all(ok(k) for k in range(admissible[0], n_total + 1)):  # monotone: one answer
+            assert r.n_edges_needed == q.n_edges_needed == admissible[0]
+
+
 @pytest.mark.parametrize("metric,tolerance", [("accuracy", None), ("accuracy", 0.02),
                                               ("loss", None), ("loss", 0.01)])
 def test_search_matches_brute_force_scan(setup, metric, tolerance):
