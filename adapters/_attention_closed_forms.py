@@ -484,9 +484,12 @@ class AttentionSpanComposite(_FoldedComposite):
 
     # -- ablation --------------------------------------------------------------------------
     def _row_elements(self, T: int, k: int, R: int, complement: bool) -> int:
+        """Elements per sequence and mask, over the budget factor: the ablation's chunks may
+        take ``_BUDGET_FACTOR`` times the closed forms' budget, like the Gram's."""
         H, dh = self.H, self.dh
         extra = 3 * T * self.d if self.q is not None else 0
-        return T * k + 6 * H * T * dh + 3 * H * T * T + 2 * T * R + extra
+        n = T * k + 7 * H * T * dh + 2 * H * T * T + 2 * T * R + extra
+        return max(1, n // _BUDGET_FACTOR)
 
     def _width_cost(self, T: int, k: int, complement: bool) -> float:
         return k
