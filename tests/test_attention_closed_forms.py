@@ -270,7 +270,7 @@ def test_attributions_are_complete():
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), density=st.floats(0.0, 1.0), scale=st.floats(0.05, 3.0))
 def test_ablation_and_gram_for_random_masks_and_scales(seed, density, scale):
-    adapter = _HYPOTHESIS_ADAPTER()
+    adapter = _gpt2_one_block()
     gen = torch.Generator().manual_seed(seed)
     in_map, out_map = random_maps(adapter, "blocks.0.attn_in", 7, 6, gen, 5)
     fast = adapter.composite_segment("blocks.0.attn_in", in_map, out_map, **F64)
@@ -285,10 +285,11 @@ def test_ablation_and_gram_for_random_masks_and_scales(seed, density, scale):
 _CACHE: dict = {}
 
 
-def _HYPOTHESIS_ADAPTER():
-    if "a" not in _CACHE:
-        _CACHE["a"] = TransformerAdapter.from_hf(hf("gpt2"), node_layers=lm_block_cuts(1))
-    return _CACHE["a"]
+def _gpt2_one_block() -> TransformerAdapter:
+    """Built once for all hypothesis examples."""
+    if "gpt2" not in _CACHE:
+        _CACHE["gpt2"] = TransformerAdapter.from_hf(hf("gpt2"), node_layers=lm_block_cuts(1))
+    return _CACHE["gpt2"]
 
 
 def test_scale_read_only_by_some_outputs():
