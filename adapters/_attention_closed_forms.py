@@ -25,11 +25,24 @@ The Jacobian at input position ``t``, mixed over output positions by sources ``r
     N_h = [WV_h; WK_h; WQ_h]^T,
 
 ``c_ht = sum_s r_s a_hst``, ``PsiK_ht = sum_s r_s a_hst (v_ht - o_hs) q_hs^T R_t``,
-``PsiQ_ht = r_t sum_k a_htk (v_hk - o_ht) k_hk^T R_t``. The Gram matrix is then
-``N^T (sum_t M_t^T G M_t) N`` plus the cross and residual terms, with ``G = U U^T`` formed
-once: the Jacobian is never formed. A following ``ln_in`` adds the scale row ``q``:
-``J = J_Q + q J_w`` with ``J_w`` one vector-Jacobian product per source (cotangent
-``r_s d scale_s / d x'_s``).
+``PsiQ_ht = r_t sum_k a_htk (v_hk - o_ht) k_hk^T R_t`` (``R_t`` acts on the rows from the
+right: rotary is linear, so its transpose at the key's or query's own position). Without
+sources, each output position is one source row (``r = e_s``).
+
+- Gram matrix (LIB): ``N^T (sum_t M_t^T G M_t) N`` plus the cross and residual terms, with
+  ``G = U U^T`` formed once; of ``M_t^T G M_t`` only the key/query blocks need GEMMs per
+  token (the value blocks are ``c I``), and only half of the head pairs (symmetry).
+- Attributions (IG): ``sum_t J^r_t[i, j] z_tj`` contracts the positions inside the heads,
+  ``sum_t Psi_ht[m, k] z_tj`` one GEMM per head, then with ``WK_h[j, k]``, ``WQ_h[j, k]``.
+- A following ``ln_in`` adds the scale row ``q`` (the scale column of ``out_map``):
+  ``J = J_Q + q J_w``, ``J_w`` one vector-Jacobian product per source row (cotangent
+  ``r_s d scale_s / d x'_s``) in closed form; the Gram gains ``J_{Q^T q}^T J_w + J_w^T
+  J_{Q^T q} + |q|^2 J_w^T J_w``.
+- Ablation: per distinct mask, queries, keys and values from the kept (or dropped) columns,
+  rotated after the projection; ``x'`` and its scale only for the masks of outputs with
+  ``q_i != 0``.
+
+The Jacobian itself (``jacobian``) and ``__call__`` are the generic ones.
 """
 
 from __future__ import annotations
@@ -471,9 +484,12 @@ class AttentionSpanComposite(_FoldedComposite):
 
     # -- ablation --------------------------------------------------------------------------
     def _row_elements(self, T: int, k: int, R: int, complement: bool) -> int:
+        """Elements per sequence and mask, over the budget factor: the ablation's chunks may
+        take ``_BUDGET_FACTOR`` times the closed forms' budget, like the Gram's."""
         H, dh = self.H, self.dh
         extra = 3 * T * self.d if self.q is not None else 0
-        return T * k + 6 * H * T * dh + 3 * H * T * T + 2 * T * R + extra
+        n = T * k + 7 * H * T * dh + 2 * H * T * T + 2 * T * R + extra
+        return max(1, n // _BUDGET_FACTOR)
 
     def _width_cost(self, T: int, k: int, complement: bool) -> float:
         return k

@@ -8,7 +8,7 @@ vocabulary 1000), float32, eval mode. Segment: ``blocks.0.attn_in -> blocks.0.ln
 fresh process (peak resident memory above the process's state after building the model, the
 maps and the inputs): ``jacobian_gram`` with 1 stochastic source, ``attributions`` with 2
 Gauss-Legendre points and 1 source, one ``ablated`` call with masks keeping ~1% of the
-columns; closed form (``adapter.composite_segment``) and, with ``--generic``, the generic
+columns (wall and CPU seconds: the machine may be shared); closed form (``adapter.composite_segment``) and, with ``--generic``, the generic
 ``CompositeSegment`` (torch.func Jacobian, then the same einsums as the estimators; one
 forward pass per distinct mask). Median of ``--repeats`` runs.
 
@@ -74,6 +74,7 @@ def measure(args) -> None:
         G = CompositeSegment(adapter.segment(layer, **F32), in_map, out_map)
     alphas, weights = quadrature("gauss-legendre", 2)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     with torch.no_grad():
         if args.what == "gram":
@@ -92,8 +93,10 @@ def measure(args) -> None:
         else:
             G.ablated(z, masks)
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0  # less sensitive than seconds to a busy machine
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_mib": max(0, peak - base) / 1024}))
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu,
+                      "peak_mib": max(0, peak - base) / 1024}))
 
 
 def main() -> None:
@@ -130,6 +133,8 @@ def main() -> None:
             row = {"what": what, "impl": impl, "runs": runs}
             if ok:
                 row["seconds_median"] = statistics.median(r["seconds"] for r in ok)
+                if all("cpu_seconds" in r for r in ok):
+                    row["cpu_seconds_median"] = statistics.median(r["cpu_seconds"] for r in ok)
                 row["peak_mib_median"] = statistics.median(r["peak_mib"] for r in ok)
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)

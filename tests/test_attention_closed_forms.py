@@ -270,7 +270,7 @@ def test_attributions_are_complete():
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**16), density=st.floats(0.0, 1.0), scale=st.floats(0.05, 3.0))
 def test_ablation_and_gram_for_random_masks_and_scales(seed, density, scale):
-    adapter = _HYPOTHESIS_ADAPTER()
+    adapter = _gpt2_one_block()
     gen = torch.Generator().manual_seed(seed)
     in_map, out_map = random_maps(adapter, "blocks.0.attn_in", 7, 6, gen, 5)
     fast = adapter.composite_segment("blocks.0.attn_in", in_map, out_map, **F64)
@@ -285,10 +285,11 @@ def test_ablation_and_gram_for_random_masks_and_scales(seed, density, scale):
 _CACHE: dict = {}
 
 
-def _HYPOTHESIS_ADAPTER():
-    if "a" not in _CACHE:
-        _CACHE["a"] = TransformerAdapter.from_hf(hf("gpt2"), node_layers=lm_block_cuts(1))
-    return _CACHE["a"]
+def _gpt2_one_block() -> TransformerAdapter:
+    """Built once for all hypothesis examples."""
+    if "gpt2" not in _CACHE:
+        _CACHE["gpt2"] = TransformerAdapter.from_hf(hf("gpt2"), node_layers=lm_block_cuts(1))
+    return _CACHE["gpt2"]
 
 
 def test_scale_read_only_by_some_outputs():
@@ -341,3 +342,36 @@ def test_dispatch():
     ]:
         ops_, lin, lout, last_, im, om = args
         assert attention_closed_form(w, ops_, lin, lout, last_, seg, im, om) is None
+
+
+def test_pipeline_same_with_and_without_closed_forms(monkeypatch):
+    """LIB bases (exact and with stochastic sources) and IG edges agree with the generic
+    composite when the attention spans take the closed form."""
+    from sklearn_lib import IGEdgeScorer
+
+    adapter = TransformerAdapter.from_hf(hf("llama"), node_layers=lm_block_cuts(1))
+    X = np.random.default_rng(1).integers(0, V, size=(16, 6))
+    calls = []
+    original = TransformerAdapter.composite_segment
+
+    def spy(self, layer, *args, **kwargs):
+        G = original(self, layer, *args, **kwargs)
+        calls.append(type(G).__name__)
+        return G
+
+    def run(**lib_kw):
+        lib = LocalInteractionBasis(adapter, batch_size=8, random_state=0, **lib_kw)
+        graph = IGEdgeScorer(batch_size=8).fit_transform(lib.fit_transform(X))
+        return lib, graph
+
+    for lib_kw in (dict(), dict(n_stochastic_sources=2)):
+        monkeypatch.setattr(TransformerAdapter, "composite_segment", spy)
+        fast_lib, fast_graph = run(**lib_kw)
+        assert "AttentionSpanComposite" in calls  # the fast path was taken
+        monkeypatch.setattr(TransformerAdapter, "composite_segment", lambda *a, **k: None)
+        slow_lib, slow_graph = run(**lib_kw)
+        for a, b in zip(fast_lib.bases_, slow_lib.bases_):
+            assert a.C.shape == b.C.shape
+            np.testing.assert_allclose(a.C, b.C, rtol=1e-7, atol=1e-8 * np.abs(b.C).max())
+        for a, b in zip(fast_graph.edges, slow_graph.edges):
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * np.abs(b).max())
