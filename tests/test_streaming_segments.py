@@ -28,15 +28,20 @@ F64 = dict(dtype=torch.float64, device=torch.device("cpu"))
 T = 6
 
 
-@pytest.fixture(scope="module")
-def llama():
+def tiny_llama(**adapter_kw):
+    """One Llama block (RMSNorm, gated SiLU, grouped queries, rotary) in float64."""
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=8, intermediate_size=12,
                                    num_hidden_layers=1, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=16,
                                    bos_token_id=0, eos_token_id=0)
     model = transformers.LlamaForCausalLM(cfg).double().eval()
-    adapter = TransformerAdapter.from_hf(model)
+    return TransformerAdapter.from_hf(model, **adapter_kw)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    adapter = tiny_llama()
     X = torch.randint(0, 40, (3, T), generator=torch.Generator().manual_seed(1)).numpy()
     return adapter, X
 
@@ -144,20 +149,13 @@ def test_streaming_never_forms_the_whole_jacobian_and_honours_chunk_size(llama, 
     assert widths and max(widths) <= 2 * (z.shape[-1] if mode == "forward" else 1)
 
 
-def test_lib_and_edges_on_a_language_model_equal_the_whole_jacobian_path(llama, monkeypatch):
+def test_lib_and_edges_on_a_language_model_equal_the_whole_jacobian_path(monkeypatch):
     """Estimators end to end (stochastic sources, the attention sink skipped): streaming
     changes nothing but memory."""
     import sklearn_lib._edges as edges_module
     import sklearn_lib._interaction as interaction_module
 
-    _, _ = llama
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=8, intermediate_size=12,
-                                   num_hidden_layers=1, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=16,
-                                   bos_token_id=0, eos_token_id=0)
-    model = transformers.LlamaForCausalLM(cfg).double().eval()
-    adapter = TransformerAdapter.from_hf(model, skip_positions=1, label_position="next-token")
+    adapter = tiny_llama(skip_positions=1, label_position="next-token")
     # the generic path only: no closed forms
     monkeypatch.setattr(type(adapter), "composite_segment", lambda self, *a, **k: None)
     X = torch.randint(0, 40, (10, T), generator=torch.Generator().manual_seed(2)).numpy()
