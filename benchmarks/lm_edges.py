@@ -10,6 +10,7 @@ too; never typed).
 Usage:
     python benchmarks/lm_edges.py [--models tiny smollm2] [--n-sequences 32] [--n-positions 16]
         [--n-test N] [--blocks 14 15 16] [--dtype float64] [--sources R]
+        [--skip-positions K]
     python benchmarks/lm_edges.py --table-only
 """
 
@@ -31,7 +32,7 @@ BLOCKS = {"tiny": None, "smollm2": [14, 15, 16]}
 
 def run(models, n_sequences: int, n_positions: int, seed: int, n_test: int | None = None,
         blocks: list[int] | None = None, dtype: str = "float32",
-        sources: int | None = None) -> dict:
+        sources: int | None = None, skip_positions: int = 1) -> dict:
     import torch
 
     from sklearn_lib._lm_cli import format_lm_table, plot_lm_edges, run_lm_experiment
@@ -48,6 +49,7 @@ def run(models, n_sequences: int, n_positions: int, seed: int, n_test: int | Non
         chosen = blocks if blocks is not None else BLOCKS[model]
         preset = lm_preset(model, blocks=chosen, n_sequences=n_sequences, n_test=n_test,
                            n_positions=n_positions, random_state=seed, dtype=dtype,
+                           skip_positions=skip_positions,
                            **({} if sources is None else dict(n_stochastic_sources=sources)))
         r = run_lm_experiment(preset, verbose=False)
         r["seed"] = seed
@@ -56,7 +58,8 @@ def run(models, n_sequences: int, n_positions: int, seed: int, n_test: int | Non
                         + (f" --n-test {n_test}" if n_test is not None else "")
                         + (f" --blocks {' '.join(map(str, blocks))}" if blocks else "")
                         + (f" --dtype {dtype}" if dtype != "float32" else "")
-                        + (f" --sources {sources}" if sources is not None else ""))
+                        + (f" --sources {sources}" if sources is not None else "")
+                        + (f" --skip-positions {skip_positions}" if skip_positions != 1 else ""))
         print(format_lm_table(r), flush=True)
         results["runs"][model] = r
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +155,8 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=None,
                         help="held-out windows (default: --n-sequences)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--skip-positions", type=int, default=1,
+                        help="leading positions left out of bases, edges and loss")
     parser.add_argument("--sources", type=int, default=None,
                         help="stochastic sources (default: the preset's 4)")
     parser.add_argument("--blocks", type=int, nargs="+", default=None,
@@ -178,7 +183,7 @@ def main() -> None:
             plot_lm_edges(r, HERE / "results" / f"lm_edges_{name}.png")
     else:
         results = run(args.models, args.n_sequences, args.n_positions, args.seed, args.n_test,
-                      args.blocks, args.dtype, args.sources)
+                      args.blocks, args.dtype, args.sources, args.skip_positions)
     write_section("lm-edges", table(results))
 
 
