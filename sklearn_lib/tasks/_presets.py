@@ -481,7 +481,10 @@ def lm_preset(
     dtype : {"float32", "float64"}, default="float32"
         Precision of the bases, edges and ablation.
     skip_positions : int, default=1
-        Leading positions left out of the bases, edges and the ablation's loss.
+        Leading positions left out of the bases, edges and the ablation's loss. They still
+        pass through the bases in the ablation's forward pass, so a model whose first
+        position holds directions the others do not span (SmolLM2's attention sink) needs
+        ``skip_positions=0``: ``BaseScoreWarning`` reports it (``docs/language_models.md``).
     n_stochastic_sources : int or None, default=4
         Random +-1 sources over output positions for ``M`` and the edges (paper appendix C);
         ``None``: the exact sum (cost grows with the square of ``n_positions``).
