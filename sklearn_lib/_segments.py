@@ -98,19 +98,20 @@ class CompositeSegment:
             return gram_from_jacobian(self, z, sources, start, skip)
         k = z.shape[-1] - start
         gram = torch.zeros(k, k, dtype=torch.float64, device=z.device)
-        if (z.shape[1] - skip) * k <= self._vjp_count(z, sources, skip):
+        t_out, n_out = self._out_shape(z)
+        n_vjp = (sources.shape[1] if sources is not None else t_out - skip) * n_out
+        if self._prefer_jvp((z.shape[1] - skip) * k, n_vjp):
             # Columns (t, j) of the Jacobian, grouped by input position t: the Gram pairs
             # columns of the same position only.
-            B, T, n_in = z.shape
-            positions = list(range(skip, T))
-            per = max(1, self._chunk(z, sources) // k)
+            positions = list(range(skip, z.shape[1]))
+            per = max(1, self._chunk(z, n_out) // k)
             for lo in range(0, len(positions), per):
                 ts = positions[lo : lo + per]
                 cols = self._jvp_columns(z, ts, start, sources, skip)  # (|ts|, k, rows)
                 cols = cols.to(torch.float64)
                 gram += torch.einsum("tjr,tkr->jk", cols, cols)
             return gram
-        for g in self._vjp_rows(z, sources, skip):  # (C, B, T, n_in)
+        for g in self._vjp_rows(z, sources, skip, n_out):  # (C, B, T, n_in)
             rows = g[:, :, skip:, start:].to(torch.float64).reshape(-1, k)
             gram += rows.T @ rows
         return gram
@@ -134,22 +135,23 @@ class CompositeSegment:
         if type(self).jacobian is not CompositeSegment.jacobian:  # a closed-form Jacobian
             return attributions_from_jacobian(self, z, alphas, weights, sources, skip)
         B, T, n_in = z.shape
-        if n_in * (2 if skip else 1) <= self._vjp_count(z, sources):
-            A = A_kept = None
+        t_out, n_out = self._out_shape(z)
+        n_vjp = (sources.shape[1] if sources is not None else t_out) * n_out
+        if self._prefer_jvp(n_in * (2 if skip else 1), n_vjp):
+            # (before, kept): sums over t < skip and over t >= skip (one part when skip = 0)
+            parts = None
             for alpha, w in zip(alphas, weights):
-                parts = self._jvp_contracted(alpha * z, z, sources, skip)
-                if A is None:
-                    A, A_kept = (w * p for p in parts)
-                else:
-                    A += w * parts[0]
-                    A_kept += w * parts[1]
+                step = self._jvp_contracted(alpha * z, z, sources, skip, n_out)
+                parts = ([w * p for p in step] if parts is None
+                         else [a + w * p for a, p in zip(parts, step)])
             if not skip:
-                return A, A
-            return A + A_kept, (A_kept if sources is not None else A_kept[:, skip:])
+                return parts[0], parts[0]
+            before, A_kept = parts
+            return before + A_kept, (A_kept if sources is not None else A_kept[:, skip:])
         A = A_kept = None
         for alpha, w in zip(alphas, weights):
             pieces, kept = [], []
-            for g in self._vjp_rows(alpha * z, sources, 0):  # (C, B, T, n_in)
+            for g in self._vjp_rows(alpha * z, sources, 0, n_out):  # (C, B, T, n_in)
                 pieces.append(torch.einsum("cbtj,btj->bcj", g, z))
                 if skip:
                     kept.append(torch.einsum("cbtj,btj->bcj", g[:, :, skip:], z[:, skip:]))
@@ -158,11 +160,10 @@ class CompositeSegment:
             if skip:
                 k = w * torch.cat(kept, 1)
                 A_kept = k if A_kept is None else A_kept + k
-        t_out = A.shape[1] // self._n_out(z)
-        A = A.reshape(B, t_out, -1, n_in)  # (B, S|R, n_out, n_in): cotangents in (s|r, i) order
+        A = A.reshape(B, -1, n_out, n_in)  # (B, S|R, n_out, n_in): cotangents in (s|r, i) order
         if not skip:
             return A, A
-        A_kept = A_kept.reshape(B, t_out, -1, n_in)
+        A_kept = A_kept.reshape(B, -1, n_out, n_in)
         return A, (A_kept if sources is not None else A_kept[:, skip:])
 
     # -- streaming helpers -----------------------------------------------------------------
@@ -170,25 +171,26 @@ class CompositeSegment:
     #: is not set (the VJPs and JVPs of a chunk keep a few activations of this size each).
     chunk_bytes = 64 * 2**20
 
-    def _n_out(self, z: Tensor) -> int:
+    def _out_shape(self, z: Tensor) -> tuple[int, int]:
+        """Output positions and features ``(T_out, n_out)``, from one sample."""
         with torch.no_grad():
-            return int(self(z[:1, :]).shape[-1])
+            t_out, n_out = self(z[:1]).shape[1:]
+        return int(t_out), int(n_out)
 
-    def _chunk(self, z: Tensor, sources: Tensor | None) -> int:
+    @staticmethod
+    def _prefer_jvp(n_jvp: int, n_vjp: int) -> bool:
+        """Forward mode when it needs no more JVPs than reverse mode needs VJPs."""
+        return n_jvp <= n_vjp
+
+    def _chunk(self, z: Tensor, n_out: int) -> int:
         """VJPs or JVPs per vectorised chunk: ``chunk_size`` or what fits ``chunk_bytes``."""
         if self.chunk_size is not None:
             return int(self.chunk_size)
         B, T, n_in = z.shape
-        per = 4 * B * T * max(n_in, self._n_out(z)) * z.element_size()
+        per = 4 * B * T * max(n_in, n_out) * z.element_size()
         return max(1, self.chunk_bytes // max(per, 1))
 
-    def _vjp_count(self, z: Tensor, sources: Tensor | None, skip: int = 0) -> int:
-        """VJPs reverse mode needs: one per output feature and source (or output position)."""
-        with torch.no_grad():
-            t_out, n_out = self(z[:1]).shape[1:]
-        return (sources.shape[1] if sources is not None else t_out - skip) * n_out
-
-    def _vjp_rows(self, z: Tensor, sources: Tensor | None, skip: int):
+    def _vjp_rows(self, z: Tensor, sources: Tensor | None, skip: int, n_out: int):
         """Yield chunks of the Jacobian's rows, ``(C, batch, T_in, n_in)``.
 
         Rows are in the order (source ``r`` or output position ``s``, output feature ``i``);
@@ -198,23 +200,22 @@ class CompositeSegment:
         from torch.func import vjp, vmap
 
         y, pull = vjp(self, z)
-        B, t_out, n_out = y.shape
+        B, t_out, _ = y.shape
         if sources is not None:
-            R = sources.shape[1]
-            mix = sources.to(z.dtype) / R**0.5  # (B, R, T_out)
-            keys = [(r, i) for r in range(R) for i in range(n_out)]
+            mix = sources.to(z.dtype) / sources.shape[1] ** 0.5  # (B, R, T_out)
+            n_first, offset = sources.shape[1], 0  # rows (r, i)
         else:
-            keys = [(s, i) for s in range(skip, t_out) for i in range(n_out)]
-        step = self._chunk(z, sources)
+            n_first, offset = t_out - skip, skip  # rows (s, i), s >= skip
+        step = self._chunk(z, n_out)
         eye = torch.eye(n_out, dtype=z.dtype, device=z.device)
-        for lo in range(0, len(keys), step):
-            chunk = torch.tensor(keys[lo : lo + step], device=z.device)
-            first, feat = chunk[:, 0], chunk[:, 1]
+        for lo in range(0, n_first * n_out, step):
+            key = torch.arange(lo, min(lo + step, n_first * n_out), device=z.device)
+            first, feat = key // n_out + offset, key % n_out
             if sources is not None:  # (C, B, T_out, n_out) = r_(b, s) e_i
                 ct = mix[:, first].permute(1, 0, 2)[..., None] * eye[feat][:, None, None, :]
             else:
-                ct = torch.zeros(len(chunk), B, t_out, n_out, dtype=z.dtype, device=z.device)
-                ct[torch.arange(len(chunk)), :, first, feat] = 1
+                ct = torch.zeros(len(key), B, t_out, n_out, dtype=z.dtype, device=z.device)
+                ct[torch.arange(len(key)), :, first, feat] = 1
             yield vmap(pull)(ct)[0]
 
     def _jvp_columns(self, z: Tensor, positions: list[int], start: int,
@@ -243,20 +244,19 @@ class CompositeSegment:
         return out.reshape(len(positions), k, -1)
 
     def _jvp_contracted(self, point: Tensor, z: Tensor, sources: Tensor | None,
-                        skip: int) -> tuple[Tensor, Tensor]:
+                        skip: int, n_out: int) -> list[Tensor]:
         """``sum_t J(point)_(.,.),(j,t) z[t, j]`` for every input feature ``j``, by JVPs.
 
-        The tangent of feature ``j`` is ``z`` on that feature at every position (at positions
-        ``t < skip`` for the first result, ``t >= skip`` for the second, when ``skip``), so
-        one JVP sums over ``t``. Returns two ``(B, S|R, n_out, n_in)`` tensors (the second is
-        all of ``A`` when ``skip == 0`` and the first is then zero-free: ``(A, A)``).
+        The tangent of feature ``j`` is ``z`` on that feature at every position, so one JVP
+        sums over ``t``. Returns ``(B, S|R, n_out, n_in)`` tensors: one summing every
+        position when ``skip == 0``, else two, over ``t < skip`` and over ``t >= skip``.
         """
         from torch.func import jvp, vmap
 
         B, T, n_in = z.shape
         spans = [(skip, T)] if not skip else [(0, skip), (skip, T)]
         parts = []
-        step = self._chunk(z, sources)
+        step = self._chunk(z, n_out)
         for lo_t, hi_t in spans:
             cols = []
             for lo in range(0, n_in, step):
@@ -270,9 +270,7 @@ class CompositeSegment:
                     out = torch.einsum("brs,cbsi->cbri", sources.to(z.dtype), out) / R**0.5
                 cols.append(out)
             parts.append(torch.cat(cols).permute(1, 2, 3, 0))  # (B, S|R, n_out, n_in)
-        if not skip:
-            return parts[0], parts[0]
-        return parts[0], parts[1]
+        return parts
 
     def ablated(self, z: Tensor, masks: Tensor, mask_chunk: int = 16) -> Tensor:
         """``out[..., i] = G(z * masks[i])[..., i]``, one forward pass per distinct mask.

@@ -74,9 +74,10 @@ def sources_for(z, R, skip, seed):
 
 @pytest.fixture(params=["forward", "reverse"])
 def mode(request, monkeypatch):
-    """Force JVPs (no VJP is cheaper) or VJPs (every VJP count reads as cheaper)."""
-    count = 10**9 if request.param == "forward" else 0
-    monkeypatch.setattr(CompositeSegment, "_vjp_count", lambda self, z, s, skip=0: count)
+    """Force JVPs or VJPs, whatever their counts."""
+    forward = request.param == "forward"
+    monkeypatch.setattr(CompositeSegment, "_prefer_jvp",
+                        staticmethod(lambda n_jvp, n_vjp: forward))
     return request.param
 
 
