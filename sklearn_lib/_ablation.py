@@ -25,7 +25,7 @@ from sklearn_lib._graph import (
     candidate_order,
     check_graph,
 )
-from sklearn_lib._segments import make_composite
+from sklearn_lib._segments import make_composite, pin_positions
 from sklearn_lib._stream import (
     ActivationStream,
     check_data,
@@ -414,6 +414,31 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         F = make_composite(adapter, [layer_in, layer_out], C_in_pinv, C_out, dtype=dtype,
                            device=device)
         rest = adapter.forward_from(layer_out, dtype=dtype, device=device)
+        # Positions the adapter leaves out of the bases (e.g. an attention sink) run at their
+        # exact activations: into the segment (pin_positions) and out of it, into the rest of
+        # the network (the segment's own output there, kept per batch across the probes).
+        skip = int(getattr(adapter, "skip_positions", 0))
+        seg = adapter.segment(layer_in, dtype=dtype, device=device) if skip else None
+        held: dict[int, torch.Tensor] = {}
+
+        def run(batch, masks: torch.Tensor | None) -> torch.Tensor:
+            """The network's output from ``layer_in`` with the segment in the bases, ablated."""
+            z = batch.z[layer_in]
+            G = F
+            if skip:
+                acts = batch.acts[layer_in]
+                z, in_pinned = pin_positions(z, acts, C_in_pinv, skip)
+                G = make_composite(adapter, [layer_in, layer_out], in_pinned, C_out,
+                                   dtype=dtype, device=device)
+                if masks is not None:  # the held coordinates are never ablated
+                    masks = torch.cat([masks, masks.new_ones(n_out, z.shape[-1] - n_in)], 1)
+                if batch.start not in held:
+                    held[batch.start] = seg(acts)[:, :skip]
+            out = G(z) if masks is None else G.ablated(z, masks, self.mask_chunk)
+            acts_out = out @ C_out_pinv.T
+            if skip:
+                acts_out[:, :skip] = held[batch.start]
+            return rest(acts_out)
 
         def masks_for(k: int) -> torch.Tensor | None:
             if k >= n_total:
@@ -439,9 +464,7 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
             total, count = 0.0, 0
             with torch.no_grad():
                 for batch in stream.batches([layer_in], projections={layer_in: C_in}):
-                    z = batch.z[layer_in]
-                    out = F(z) if masks is None else F.ablated(z, masks, self.mask_chunk)
-                    logits = rest(out @ C_out_pinv.T)
+                    logits = run(batch, masks)
                     # NaN logits would score silently (argmax picks the NaN) and report garbage.
                     check_finite(logits, f"Model outputs (ablating {layer_in!r} -> "
                                          f"{layer_out!r})", batch.start)

@@ -19,7 +19,7 @@ from sklearn_lib._common import (
 )
 from sklearn_lib._graph import check_graph
 from sklearn_lib._interaction import sample_sources
-from sklearn_lib._segments import make_composite, segment_attributions
+from sklearn_lib._segments import make_composite, pin_positions, segment_attributions
 from sklearn_lib._stream import ActivationStream, check_same_graph, n_samples
 
 __all__ = ["IGEdgeScorer", "quadrature"]
@@ -194,11 +194,11 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         pairs = list(range(len(layers) - 1))
         C = [torch.tensor(b.C, dtype=dtype, device=device) for b in graph.bases]
         C_pinv = [torch.tensor(b.C_pinv, dtype=dtype, device=device) for b in graph.bases]
-        fns = [  # basis l -> basis l+1
-            make_composite(adapter, [layers[p], layers[p + 1]], C_pinv[p], C[p + 1],
-                           dtype=dtype, device=device, chunk_size=self.chunk_size)
-            for p in pairs
-        ]
+        def make(p, in_map):  # basis l -> basis l+1
+            return make_composite(adapter, [layers[p], layers[p + 1]], in_map, C[p + 1],
+                                  dtype=dtype, device=device, chunk_size=self.chunk_size)
+
+        fns = [make(p, C_pinv[p]) for p in pairs]
         sums = [torch.zeros(b.n_features, a.n_features, dtype=torch.float64)
                 for a, b in zip(graph.bases[:-1], graph.bases[1:])]
         counts = [0 for _ in pairs]
@@ -209,16 +209,22 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         seed = (None if self.n_stochastic_sources is None
                 else int(torch.randint(2**62, (1,), generator=generator)))
         # Positions the adapter leaves out of the edges (e.g. an attention sink): attributions
-        # from or to them are not summed (completeness is still checked on the others).
+        # from or to them are not summed (completeness is still checked on all of them), and
+        # they are held at their exact activations, outside the bases fitted without them.
         skip = int(getattr(adapter, "skip_positions", 0))
         stream = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
                                   device=device, verbose=self.verbose)
         for batch in stream.batches(layers, projections=dict(zip(layers, C)), desc="IG edges"):
             for p in pairs:
-                z = batch.z[layers[p]]
+                z, F = batch.z[layers[p]], fns[p]
+                n_in = z.shape[-1]
+                if skip:
+                    z, in_pinned = pin_positions(z, batch.acts[layers[p]], C_pinv[p], skip)
+                    F = make(p, in_pinned)
                 A, sources, A_kept = self._attributions(
-                    fns[p], z, alphas, weights, (seed, batch.start, p), dtype, device,
+                    F, z, alphas, weights, (seed, batch.start, p), dtype, device,
                     return_sources=True, skip=skip)
+                A_kept = A_kept[..., :n_in]  # the held coordinates are not features
                 check_finite(A, f"Attributions {layers[p]!r} -> {layers[p + 1]!r}", batch.start)
                 sums[p] += (A_kept.to(torch.float64) ** 2).sum(dim=(0, 1)).cpu()
                 counts[p] += z.shape[0] * (z.shape[1] - skip)  # N T, T = positions of layer l

@@ -20,7 +20,7 @@ from sklearn_lib._common import (
     resolve_dtype,
 )
 from sklearn_lib._graph import InteractionGraph
-from sklearn_lib._segments import make_composite, segment_gram
+from sklearn_lib._segments import make_composite, pin_positions, segment_gram
 from sklearn_lib._stream import ActivationStream, check_data
 from sklearn_lib._linalg import LayerBasis, rotate_basis
 from sklearn_lib._whitening import _BASIS_PARAMS, fit_pca_bases
@@ -124,12 +124,13 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         for l in tqdm(steps, desc=f"{self._basis_name.upper()} layers", disable=not self.verbose):
             target = bases[-1] if self._target_is_final else bases[l + 1]
             span = list(layers[l:]) if self._target_is_final else [layers[l], layers[l + 1]]
-            G = make_composite(
-                adapter, span, torch.as_tensor(pca[l].C_pinv, dtype=dtype, device=device),
-                torch.as_tensor(target.C, dtype=dtype, device=device), dtype=dtype,
-                device=device, chunk_size=self.chunk_size,
-            )
-            gram = self._jacobian_gram(adapter, stream, layers[l], pca[l], G, dtype, device,
+            out_map = torch.as_tensor(target.C, dtype=dtype, device=device)
+
+            def make(in_map, span=span, out_map=out_map):
+                return make_composite(adapter, span, in_map, out_map, dtype=dtype,
+                                      device=device, chunk_size=self.chunk_size)
+
+            gram = self._jacobian_gram(adapter, stream, layers[l], pca[l], make, dtype, device,
                                        generator)
             bases[l] = rotate_basis(pca[l], gram, rtol=self.rtol, atol=self.atol, dtype=dtype)
         self.bases_ = bases
@@ -137,12 +138,15 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
         self.n_components_ = {b.name: b.n_components for b in bases}
         return self
 
-    def _jacobian_gram(self, adapter, X, layer, pca: LayerBasis, G, dtype, device,
+    def _jacobian_gram(self, adapter, X, layer, pca: LayerBasis, make, dtype, device,
                        generator) -> torch.Tensor:
         """``M_jj' = 1/(N T) sum_x sum_{s,t,i} J_(i,s),(j,t) J_(i,s),(j',t)`` (DESIGN.md 5).
 
-        ``G`` maps the whitened coordinates of ``layer`` to the target layer in its basis;
-        ``J`` is its Jacobian. The sum over output positions ``s`` is exact or, with
+        ``make(in_map)`` builds ``G``, the map from the whitened coordinates of ``layer`` to
+        the target layer in its basis; ``J`` is its Jacobian. Skipped positions (the
+        adapter's ``skip_positions``) are held at their exact activations
+        (:func:`~sklearn_lib._segments.pin_positions`), so ``J`` is taken where the model
+        really is. The sum over output positions ``s`` is exact or, with
         stochastic sources, replaced by ``R`` random +-1 combinations (unbiased). ``T`` counts
         the positions of ``layer`` (the reference implementation's convention; it only scales
         ``M``). Accumulated in float64.
@@ -151,6 +155,8 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
             X = ActivationStream(adapter, X, batch_size=self.batch_size, dtype=dtype,
                                  device=device, verbose=self.verbose)
         P = torch.as_tensor(pca.C, dtype=dtype, device=device)
+        P_pinv = torch.as_tensor(pca.C_pinv, dtype=dtype, device=device)
+        G = make(P_pinv)
         n_fixed, k = pca.n_fixed, pca.n_components
         R = self.n_stochastic_sources
         # Sources are drawn per sample from (seed, sample index): the same in any batching or
@@ -169,8 +175,12 @@ class _InteractionBasis(TransformerMixin, BaseEstimator):
                     t_out = G(z[:1]).shape[1]
                 sources = sample_sources(seed, batch.start, z.shape[0], (R, t_out), dtype, device)
                 sources[..., :skip] = 0
+            G_batch = G
+            if skip:  # the skipped positions at their own activations, not the truncated basis
+                z, in_pinned = pin_positions(z, batch.acts[layer], P_pinv, skip)
+                G_batch = make(in_pinned)
             # Streamed (never the whole Jacobian) or in closed form.
-            part = segment_gram(G, z, sources, n_fixed, skip)
+            part = segment_gram(G_batch, z, sources, n_fixed, skip)[:k, :k]
             check_finite(part, f"Jacobians at layer {layer!r}", batch.start)
             gram += part
             count += z.shape[0] * (z.shape[1] - skip)

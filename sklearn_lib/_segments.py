@@ -25,6 +25,7 @@ __all__ = [
     "attributions_from_jacobian",
     "gram_from_jacobian",
     "make_composite",
+    "pin_positions",
     "segment_attributions",
     "segment_gram",
 ]
@@ -309,6 +310,50 @@ def attributions_from_jacobian(G, z: Tensor, alphas, weights, sources: Tensor | 
         return A, A
     A_kept = torch.einsum("bsitj,btj->bsij", jbar[..., skip:, :], z[:, skip:])
     return A, (A_kept if sources is not None else A_kept[:, skip:])
+
+
+def pin_positions(z: Tensor, acts: Tensor, in_map: Tensor, skip: int) -> tuple[Tensor, Tensor]:
+    """Hold the first ``skip`` positions at their exact activations (e.g. an attention sink).
+
+    Returns ``(z', in_map')`` with ``z' @ in_map'.T`` equal to ``acts`` on positions ``t <
+    skip`` and to ``z @ in_map.T`` on the others, so a composite built on ``in_map'`` sees the
+    model's own activations where the bases do not apply (they were fitted without those
+    positions, and their truncation would otherwise change what later positions attend to).
+    One coordinate is appended per skipped (sample, position): its column of ``in_map'`` is
+    that activation, and ``z'`` is 1 on it there and 0 elsewhere; ``z'`` is 0 on the basis
+    coordinates of skipped positions. The appended coordinates scale with ``z'`` like any
+    other (an integrated-gradient path still runs from 0 to the input, so completeness holds
+    over all coordinates), are never ablated, and results for the bases are read from the
+    first ``z.shape[-1]`` coordinates.
+
+    Parameters
+    ----------
+    z : Tensor of shape (batch, pos, n_in)
+        Basis coordinates of a batch.
+    acts : Tensor of shape (batch, pos, 1 + d)
+        The same batch's activations (constant first), whose first ``skip`` positions are kept.
+    in_map : Tensor of shape (1 + d, n_in)
+        From basis coordinates back to activations.
+    skip : int
+        Positions held (``0`` returns ``z`` and ``in_map`` as they are).
+
+    Returns
+    -------
+    z_pinned : Tensor of shape (batch, pos, n_in + batch * skip)
+    in_map_pinned : Tensor of shape (1 + d, n_in + batch * skip)
+    """
+    if not skip:
+        return z, in_map
+    B, T, n = z.shape
+    K = B * skip
+    anchors = acts[:, :skip].reshape(K, -1).to(in_map.dtype)
+    in_pinned = torch.cat([in_map, anchors.T], 1)
+    z_pinned = z.new_zeros(B, T, n + K)
+    z_pinned[:, skip:, :n] = z[:, skip:]
+    rows = torch.arange(B, device=z.device).repeat_interleave(skip)
+    pos = torch.arange(skip, device=z.device).repeat(B)
+    z_pinned[rows, pos, n + torch.arange(K, device=z.device)] = 1
+    return z_pinned, in_pinned
 
 
 def segment_gram(G, z: Tensor, sources: Tensor | None = None, start: int = 0,

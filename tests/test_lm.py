@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sklearn_lib import (
     BaseScoreWarning,
@@ -135,14 +137,42 @@ def test_skip_positions_removes_the_first_position_from_moments():
     assert not np.allclose(full[: skipped.size], skipped[: full.size])
 
 
+def _sink_gpt2(seed=0):
+    """A tiny GPT-2 whose position 0 (always token 0) holds a direction no other position has.
+
+    The embeddings of tokens ``1..`` and the positional embeddings of positions ``1..`` are
+    orthogonal to ``v = (e_0 - e_1) / sqrt(2)``, and token 0 gets ``3 v``: with position 0
+    skipped, the first bases cannot represent it (a crude attention sink).
+    """
+    model = _gpt2(seed=seed)
+    with torch.no_grad():
+        v = torch.zeros(8, dtype=torch.float64)
+        v[0], v[1] = 2**-0.5, -(2**-0.5)
+        W, P = model.transformer.wte.weight, model.transformer.wpe.weight
+        W -= torch.outer(W @ v, v)
+        P[1:] -= torch.outer(P[1:] @ v, v)
+        W[0] += 3 * v
+    return model
+
+
+def _sink_tokens(n, seed, T=7):
+    X = np.random.default_rng(seed).integers(1, VOCAB, size=(n, T))
+    X[:, 0] = 0
+    return X
+
+
 @pytest.mark.parametrize("skip", [0, 1])
 def test_skip_positions_removes_the_first_position_from_edges(skip):
-    """Edges against attributions from an explicit ``jacrev`` over positions ``>= skip``."""
-    model = _gpt2()
+    """Edges against attributions from an explicit ``jacrev`` over positions ``>= skip``, the
+    skipped positions at their own activations (not the truncated basis)."""
+    model = _sink_gpt2()
     layers = ["blocks.0.attn_in", "blocks.0.ln2_out"]
     adapter = _lm_adapter(model, skip=skip, node_layers=layers)
-    X = _tokens(n=5, T=6)
-    graph = PCAWhitener(adapter, rtol=0.0, atol=0.0).fit_transform(X)
+    X = _sink_tokens(12, seed=0, T=6)
+    graph = PCAWhitener(adapter).fit_transform(X)
+    if skip:  # the sink's direction is outside the basis of the other positions
+        assert graph.bases[0].n_components < PCAWhitener(_lm_adapter(
+            model, skip=0, node_layers=layers)).fit(X).bases_[0].n_components
     E = IGEdgeScorer(integration="endpoint").fit(graph).edges_[0]
     C_in, C_in_pinv, C_out = (torch.tensor(graph.bases[0].C), torch.tensor(graph.bases[0].C_pinv),
                               torch.tensor(graph.bases[1].C))
@@ -151,11 +181,123 @@ def test_skip_positions_removes_the_first_position_from_edges(skip):
     total = torch.zeros(C_out.shape[0], C_in.shape[0], dtype=torch.float64)
     for x in f:
         z = x @ C_in.T                                              # (T, n_in)
-        J = torch.func.jacrev(lambda z: seg((z @ C_in_pinv.T)[None])[0] @ C_out.T)(z)
-        A = torch.einsum("sitj,tj->sij", J[skip:, :, skip:], z[skip:])  # (s>=skip, i, j)
+
+        def G(kept, x=x):  # positions < skip held at the model's own activations
+            return seg(torch.cat([x[:skip], kept @ C_in_pinv.T])[None])[0] @ C_out.T
+
+        J = torch.func.jacrev(G)(z[skip:])                          # (s, i, t >= skip, j)
+        A = torch.einsum("sitj,tj->sij", J[skip:], z[skip:])         # (s >= skip, i, j)
         total += (A**2).sum(0)
     expected = (total / (X.shape[0] * (X.shape[1] - skip))).sqrt().numpy()
     np.testing.assert_allclose(E, expected, rtol=1e-8, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 4), T=st.integers(1, 5), skip=st.integers(0, 3), n=st.integers(1, 6),
+       d=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+def test_pin_positions_holds_skipped_positions_at_their_activations(B, T, skip, n, d, seed):
+    """``z' @ in_map'.T`` is the activation on skipped positions and ``z @ in_map.T`` on the
+    others, at every scale ``alpha`` of the integrated-gradient path."""
+    from sklearn_lib._segments import pin_positions
+
+    skip = min(skip, T)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, T, n, generator=g, dtype=torch.float64)
+    acts = torch.randn(B, T, 1 + d, generator=g, dtype=torch.float64)
+    in_map = torch.randn(1 + d, n, generator=g, dtype=torch.float64)
+    zp, mp = pin_positions(z, acts, in_map, skip)
+    assert zp.shape == (B, T, n + B * skip) and mp.shape == (1 + d, n + B * skip)
+    torch.testing.assert_close(mp[:, :n], in_map, rtol=0, atol=0)
+    for alpha in (0.0, 0.3, 1.0):
+        x = (alpha * zp) @ mp.T
+        torch.testing.assert_close(x[:, :skip], alpha * acts[:, :skip], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(x[:, skip:], alpha * z[:, skip:] @ in_map.T, rtol=1e-12,
+                                   atol=1e-12)
+    assert not zp[:, :skip, :n].any() and not zp[:, skip:, n:].any()
+
+
+def test_lib_jacobians_are_taken_at_the_skipped_positions_own_activations():
+    """LIB's ``M`` against an explicit ``jacrev`` with position 0 held at its activation."""
+    from sklearn_lib import LocalInteractionBasis
+    from sklearn_lib._whitening import fit_pca_bases
+
+    layers = ("blocks.0.attn_in", "blocks.0.ln2_out")
+    adapter = _lm_adapter(_sink_gpt2(), skip=1, node_layers=list(layers))
+    X = _sink_tokens(10, seed=0, T=5)
+    lib = LocalInteractionBasis(adapter).fit(X)
+    pca = fit_pca_bases(adapter, X, layers, whiten=True, rotate_final=True, rtol=None, atol=0.0,
+                        batch_size=256, dtype=torch.float64, device="cpu", verbose=False)
+    P_pinv, C_out = torch.tensor(pca[0].C_pinv), torch.tensor(pca[1].C)
+    fixed = pca[0].n_fixed
+    seg = adapter.segment(layers[0], dtype=torch.float64, device="cpu")
+    f = adapter.activations(X, [layers[0]], dtype=torch.float64, device="cpu")[layers[0]]
+    M = 0
+    for x in f:
+        z = x @ torch.tensor(pca[0].C).T
+
+        def G(kept, x=x):
+            return seg(torch.cat([x[:1], kept @ P_pinv.T])[None])[0] @ C_out.T
+
+        J = torch.func.jacrev(G)(z[1:])[1:, :, :, fixed:]  # (s >= 1, i, t >= 1, j)
+        rows = J.reshape(-1, J.shape[-2], J.shape[-1])  # (s i, t, j)
+        M = M + torch.einsum("rtj,rtk->jk", rows, rows)
+    M = M / (X.shape[0] * (X.shape[1] - 1))
+    expected = np.sort(np.linalg.eigvalsh(M.numpy()))[::-1]
+    got = lib.bases_[0].eigenvalues
+    np.testing.assert_allclose(got, expected[: got.size], rtol=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore:Integrated gradients are incomplete")
+@pytest.mark.parametrize("basis", ["pca", "lib"])
+def test_skipped_positions_run_at_their_exact_activations(basis):
+    """With every direction of the other positions kept, the bases reproduce the model exactly
+    although they cannot represent position 0: the skipped position bypasses them in the
+    Jacobians, the attributions and the ablation passes. (Pushed through the bases, the sink
+    lost its direction and the loss moved by 2e-3 with every edge kept.)"""
+    from sklearn_lib import LocalInteractionBasis
+
+    adapter = _lm_adapter(_sink_gpt2(), skip=1)
+    X, X_eval = _sink_tokens(40, seed=0), _sink_tokens(16, seed=1)
+    cls = PCAWhitener if basis == "pca" else LocalInteractionBasis
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaseScoreWarning)
+        graph = IGEdgeScorer().fit_transform(cls(adapter).fit_transform(X))
+        search = EdgeAblationSearch(tolerance=1e-3).fit(graph, X_eval=X_eval)
+    assert graph.bases[0].n_components < 8  # the sink's direction is not in the first basis
+    for r in search.results_:
+        assert abs(r.base_score - search.model_score_) < 1e-10, (r.layer_in, r.base_score)
+    # Completeness holds on the attention segment (the skipped position included).
+    pair = graph.layers.index("blocks.0.attn_in")
+    assert graph.completeness_errors[pair] < 1e-3
+
+
+def test_skipped_positions_closed_forms_equal_the_generic_path(monkeypatch):
+    """The closed forms take the held coordinates like any other basis coordinate."""
+    from sklearn_lib import LocalInteractionBasis
+
+    adapter = _lm_adapter(_sink_gpt2(), skip=1)
+    X, X_eval = _sink_tokens(24, seed=0), _sink_tokens(8, seed=1)
+
+    def run():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = IGEdgeScorer().fit_transform(
+                LocalInteractionBasis(adapter, batch_size=5).fit_transform(X))
+            search = EdgeAblationSearch(tolerance=1e-3, batch_size=3).fit(graph, X_eval=X_eval)
+        return graph, search
+
+    graph, search = run()
+    monkeypatch.setattr(type(adapter), "composite_segment", lambda self, *a, **k: None)
+    graph_ref, search_ref = run()
+    for a, b in zip(graph.bases, graph_ref.bases):
+        assert a.n_components == b.n_components
+        np.testing.assert_allclose(np.abs(a.C), np.abs(b.C), rtol=1e-7, atol=1e-9)
+    for a, b in zip(graph.edges, graph_ref.edges):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * b.max())
+    assert search.n_edges_needed_ == search_ref.n_edges_needed_
+    for r, q in zip(search.results_, search_ref.results_):
+        np.testing.assert_allclose([p[1] for p in r.probes], [p[1] for p in q.probes],
+                                   rtol=1e-9)
 
 
 def test_skip_positions_changes_the_lib_basis_and_runs_with_sources():

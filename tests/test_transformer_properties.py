@@ -52,8 +52,11 @@ def test_stochastic_sources_are_unbiased():
     pca = fit_pca_bases(adapter, X, tuple(adapter.node_layers), whiten=True, rotate_final=True,
                         rtol=1e-13, atol=1e-15, batch_size=64, dtype=dt, device=dev,
                         verbose=False)
-    G = make_composite(adapter, list(layers), torch.as_tensor(pca[0].C_pinv),
-                       torch.as_tensor(pca[1].C), dtype=dt, device=dev)
+
+    def G(in_map):
+        return make_composite(adapter, list(layers), in_map, torch.as_tensor(pca[1].C),
+                              dtype=dt, device=dev)
+
     exact_est = LocalInteractionBasis(adapter, batch_size=64)
     exact = exact_est._jacobian_gram(adapter, X, layers[0], pca[0], G, dt, dev, None)
     stochastic = LocalInteractionBasis(adapter, n_stochastic_sources=1, batch_size=64)
