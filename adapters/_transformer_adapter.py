@@ -113,9 +113,12 @@ class TransformerAdapter:
         every position (later positions attend to the skipped ones), but the estimators
         leave them out of the activation moments (``PCAWhitener``), of the Jacobian sums
         ``M`` (input and output positions; ``LocalInteractionBasis``,
-        ``GlobalInteractionBasis``) and of the edge sums (``IGEdgeScorer``). The ablation
-        search still ablates every position and scores the positions of
-        ``label_position="next-token"`` (skipped ones excluded). Not combinable with
+        ``GlobalInteractionBasis``) and of the edge sums (``IGEdgeScorer``), and the
+        skipped positions bypass the bases: wherever a segment runs in basis coordinates
+        (the Jacobians, the integration path, the ablation passes) they enter it at the
+        model's own activations and leave it at the segment's own output. The ablation
+        search scores the positions of ``label_position="next-token"`` (skipped ones
+        excluded). Not combinable with
         ``last_position_from``.
 
     Attributes

@@ -32,13 +32,13 @@ BLOCKS = {"tiny": None, "smollm2": [14, 15, 16]}
 
 def run(models, n_sequences: int, n_positions: int, seed: int, n_test: int | None = None,
         blocks: list[int] | None = None, dtype: str = "float32",
-        sources: int | None = None, skip_positions: int = 1) -> dict:
+        sources: int | None = None, skip_positions: int = 1, threads: int = 1) -> dict:
     import torch
 
     from sklearn_lib._lm_cli import format_lm_table, plot_lm_edges, run_lm_experiment
     from sklearn_lib.tasks import lm_preset
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"runs": {}}
     for model in models:
         if model == "smollm2" and not all(
@@ -59,7 +59,9 @@ def run(models, n_sequences: int, n_positions: int, seed: int, n_test: int | Non
                         + (f" --blocks {' '.join(map(str, blocks))}" if blocks else "")
                         + (f" --dtype {dtype}" if dtype != "float32" else "")
                         + (f" --sources {sources}" if sources is not None else "")
-                        + (f" --skip-positions {skip_positions}" if skip_positions != 1 else ""))
+                        + (f" --skip-positions {skip_positions}" if skip_positions != 1 else "")
+                        + (f" --threads {threads}" if threads != 1 else ""))
+        r["threads"] = threads
         print(format_lm_table(r), flush=True)
         results["runs"][model] = r
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +78,8 @@ def table(results: dict) -> str:
         "(figures `benchmarks/results/lm_edges_<model>.png`). Bases and edges on training "
         "windows of Debian's fortunes, the ablation search on held-out windows (documents "
         "split 90/10), keeping the next-token cross-entropy within the tolerance; position 0 "
-        "(the attention sink) is left out of bases, edges and loss; IG edges with "
+        "(the attention sink) is left out of bases, edges and loss and runs at its exact "
+        "activations (`skip_positions=1`, unless the heading says otherwise); IG edges with "
         "Gauss-Legendre quadrature and stochastic sources over positions. Pairs per block: "
         "`ln1 div` (blocks.i.ln1_out -> attn_in, the norm's division), `attn` (attn_in -> "
         "ln2_out), `ln2 div` (ln2_out -> mlp_in), `mlp` (mlp_in -> the next ln1_out). Each "
@@ -87,7 +90,8 @@ def table(results: dict) -> str:
         s = {b: r["bases"][b]["seconds"] for b in r["bases"]}
         lines += [
             "",
-            f"### {r['model']}, blocks {r['blocks'][0]}-{r['blocks'][-1]}",
+            f"### {r['model']}, blocks {r['blocks'][0]}-{r['blocks'][-1]}"
+            + (f" (skip_positions={r['skip_positions']})" if r["skip_positions"] != 1 else ""),
             "",
             f"`{r['command']}`: {r['n_train']} train / {r['n_test']} held-out windows of "
             f"{r['n_positions']} tokens, {r['dtype']}, {r['n_stochastic_sources']} stochastic "
@@ -142,7 +146,7 @@ def table(results: dict) -> str:
                 f"loss by more than the tolerance on {', '.join(f'{n} {b.upper()}' for b, n in warned.items())} "
                 f"pairs (loss with every edge kept: {moved}; the model's own "
                 f"{r['model_test_loss']:.2f}), so these counts do not measure this model: "
-                "too few training tokens for the layer's width.")
+                + r.get("note", "too few training tokens for the layer's width."))
     return "\n".join(lines)
 
 
@@ -162,6 +166,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, nargs="+", default=None,
                         help="consecutive blocks (default: every block of the tiny LM, "
                              "14 15 16 of SmolLM2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (the timings in the table are for this many)")
     parser.add_argument("--table-only", action="store_true",
                         help="regenerate the table and figures from the JSON")
     parser.add_argument("--include", nargs=3, metavar=("NAME", "JSON", "COMMAND"),
@@ -183,7 +189,7 @@ def main() -> None:
             plot_lm_edges(r, HERE / "results" / f"lm_edges_{name}.png")
     else:
         results = run(args.models, args.n_sequences, args.n_positions, args.seed, args.n_test,
-                      args.blocks, args.dtype, args.sources, args.skip_positions)
+                      args.blocks, args.dtype, args.sources, args.skip_positions, args.threads)
     write_section("lm-edges", table(results))
 
 

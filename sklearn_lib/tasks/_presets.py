@@ -435,7 +435,7 @@ def lm_preset(
     skip_positions: int = 1,
     n_stochastic_sources: int | None = 4,
     integration: str = "gauss-legendre",
-    n_steps: int = 2,
+    n_steps: int = 4,
     tolerance: float = 0.1,
     batch_size: int = 8,
     random_state: int = 0,
@@ -481,16 +481,19 @@ def lm_preset(
     dtype : {"float32", "float64"}, default="float32"
         Precision of the bases, edges and ablation.
     skip_positions : int, default=1
-        Leading positions left out of the bases, edges and the ablation's loss. They still
-        pass through the bases in the ablation's forward pass, so a model whose first
-        position holds directions the others do not span (SmolLM2's attention sink) needs
-        ``skip_positions=0``: ``BaseScoreWarning`` reports it (``docs/language_models.md``).
+        Leading positions left out of the bases, edges and the ablation's loss. They bypass
+        the bases (held at the model's own activations in every segment pass), so a first
+        position with directions the others do not span (SmolLM2's attention sink) neither
+        dominates the bases nor is lost in them (``docs/language_models.md``).
     n_stochastic_sources : int or None, default=4
         Random +-1 sources over output positions for ``M`` and the edges (paper appendix C);
         ``None``: the exact sum (cost grows with the square of ``n_positions``).
     integration : str, default="gauss-legendre"
-    n_steps : int, default=2
-        Quadrature of the integrated gradients.
+    n_steps : int, default=4
+        Quadrature points of the integrated gradients. The skipped positions (an attention
+        sink) scale along the integration path with the rest, and the sink's attention makes
+        the path strongly nonlinear: on SmolLM2 block 15's attention (8 x 64 tokens, float64,
+        PCA bases) the completeness error is 4.3% with 2 points, 0.6% with 4 and 0.01% with 8.
     tolerance : float, default=0.1
         Nats of held-out loss the ablation search may add.
     batch_size : int, default=8
