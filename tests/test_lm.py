@@ -248,17 +248,18 @@ def test_lib_jacobians_are_taken_at_the_skipped_positions_own_activations():
 
 
 @pytest.mark.filterwarnings("ignore:Integrated gradients are incomplete")
-@pytest.mark.parametrize("basis", ["pca", "lib"])
+@pytest.mark.parametrize("basis", ["pca", "lib", "gib"])
 def test_skipped_positions_run_at_their_exact_activations(basis):
     """With every direction of the other positions kept, the bases reproduce the model exactly
     although they cannot represent position 0: the skipped position bypasses them in the
     Jacobians, the attributions and the ablation passes. (Pushed through the bases, the sink
     lost its direction and the loss moved by 2e-3 with every edge kept.)"""
-    from sklearn_lib import LocalInteractionBasis
+    from sklearn_lib import GlobalInteractionBasis, LocalInteractionBasis
 
     adapter = _lm_adapter(_sink_gpt2(), skip=1)
     X, X_eval = _sink_tokens(40, seed=0), _sink_tokens(16, seed=1)
-    cls = PCAWhitener if basis == "pca" else LocalInteractionBasis
+    cls = {"pca": PCAWhitener, "lib": LocalInteractionBasis,
+           "gib": GlobalInteractionBasis}[basis]
     with warnings.catch_warnings():
         warnings.simplefilter("error", BaseScoreWarning)
         graph = IGEdgeScorer().fit_transform(cls(adapter).fit_transform(X))
