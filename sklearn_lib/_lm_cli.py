@@ -104,6 +104,9 @@ def run_lm_experiment(preset: Any, *, bases: tuple[str, ...] = ("lib", "pca"),
                          if issubclass(w.category, BaseScoreWarning)]
         for message in base_warnings:
             _say(True, f"warning: {message}")
+        incomplete = completeness_warnings(preset.adapter, scorer, result["dtype"])
+        for message in incomplete:
+            _say(True, f"warning: {message}")
         pairs = []
         for p, r in enumerate(search.results_):
             dims = graph.bases[p].n_features, graph.bases[p + 1].n_features
@@ -120,7 +123,7 @@ def run_lm_experiment(preset: Any, *, bases: tuple[str, ...] = ("lib", "pca"),
         result["model_test_loss"] = float(search.model_score_)
         result["bases"][basis] = dict(
             seconds=dict(fit=t1 - t0, edges=t2 - t1, ablation=t3 - t2), pairs=pairs,
-            base_score_warnings=base_warnings,
+            base_score_warnings=base_warnings, completeness_warnings=incomplete,
             total_percent_needed=float(100.0 * np.sum([q["n_edges_needed"] for q in pairs])
                                        / max(np.sum([q["n_edges_total"] for q in pairs]), 1)),
         )
@@ -178,6 +181,25 @@ def plot_lm_edges(result: dict, path: str | Path | None = None):
     return fig
 
 
+def completeness_warnings(adapter, scorer, dtype: str | None) -> list[str]:
+    """One message per attention or MLP pair whose IG completeness error is above the
+    threshold (norm divisions are incomplete by construction and not reported)."""
+    from sklearn_lib._edges import COMPLETENESS_WARNING_THRESHOLD
+
+    messages = []
+    for (layer_in, layer_out), error in zip(scorer.pairs_, scorer.completeness_errors_):
+        if error <= COMPLETENESS_WARNING_THRESHOLD or adapter.is_norm_division(layer_in):
+            continue
+        fix = ("in float32 the round-off truncation drops narrow directions of wide layers "
+               "(SmolLM2's RMSNorm): use --dtype float64, or more --n-steps"
+               if dtype == "float32" else "use more --n-steps")
+        messages.append(
+            f"integrated gradients miss f_hat by {error:.1%} on {layer_in!r} -> {layer_out!r} "
+            f"(threshold {COMPLETENESS_WARNING_THRESHOLD:.0%}), so its edges are approximate; "
+            f"{fix}.")
+    return messages
+
+
 def format_lm_table(result: dict) -> str:
     """A plain-text table: per layer pair, dims and edges needed per basis."""
     bases = list(result["bases"])
@@ -201,9 +223,19 @@ def format_lm_table(result: dict) -> str:
         lines.append(" ".join(cells))
     for b in bases:
         s = result["bases"][b]["seconds"]
+        errors = [q["completeness_error"] for q in result["bases"][b]["pairs"]
+                  if "completeness_error" in q and not q.get("norm_division")]
         lines.append(f"{b.upper()}: {result['bases'][b]['total_percent_needed']:.2f}% of all "
                      f"edges needed; fit {s['fit']:.1f} s, edges {s['edges']:.1f} s, ablation "
-                     f"{s['ablation']:.1f} s")
+                     f"{s['ablation']:.1f} s"
+                     + (f"; IG completeness error (attention, MLP) at most {max(errors):.1%}"
+                        if errors else ""))
+        flagged = (len(result["bases"][b].get("base_score_warnings", ())),
+                   len(result["bases"][b].get("completeness_warnings", ())))
+        if any(flagged):
+            lines.append(f"{b.upper()}: {flagged[0]} pair(s) whose bases change the model's "
+                         f"loss, {flagged[1]} pair(s) with incomplete integrated gradients "
+                         "(see the warnings): those counts do not measure the model")
     lines.append(f"peak RSS {result['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
@@ -275,7 +307,8 @@ def _lm(args: argparse.Namespace) -> int:
     preset = lm_preset(
         args.model, blocks=blocks, n_sequences=args.n_sequences, n_test=args.n_test,
         n_positions=args.n_positions, dtype=args.dtype, skip_positions=args.skip_positions,
-        n_stochastic_sources=args.n_stochastic_sources or None, tolerance=args.tolerance,
+        n_stochastic_sources=args.n_stochastic_sources or None, n_steps=args.n_steps,
+        tolerance=args.tolerance,
         batch_size=args.batch_size, random_state=args.seed,
     )
     result = run_lm_experiment(preset, bases=tuple(args.bases), verbose=verbose)
@@ -328,8 +361,12 @@ def add_lm_parser(sub, **kwargs) -> argparse.ArgumentParser:
                    help="nats of held-out loss the ablation search may add")
     p.add_argument("--n-stochastic-sources", type=nonnegative_int, default=4,
                    help="random sources over positions for M and the edges (0: exact sum)")
+    p.add_argument("--n-steps", type=positive_int, default=4,
+                   help="Gauss-Legendre points of the integrated gradients")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="precision of bases, edges and ablation")
+                   help="precision of bases, edges and ablation (float64 for SmolLM2: in "
+                        "float32 its RMSNorm's narrow directions fall below the round-off "
+                        "truncation)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="windows per batch of the bases and edges (bounds Jacobian memory)")
     p.add_argument("--n-threads", type=positive_int, default=1,

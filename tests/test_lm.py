@@ -421,6 +421,7 @@ def _usage_error(capsys, argv, *needles):
     (["lm", "--n-positions", "200"], ["--n-positions", "at most 128"]),
     (["lm", "--model", "gpt5"], ["--model", "invalid choice"]),
     (["lm", "--n-sequences", "0"], ["--n-sequences", "positive integer"]),
+    (["lm", "--n-steps", "0"], ["--n-steps", "positive integer"]),
     (["lm", "--figure", "x.nope"], ["--figure", "extension"]),
     (["lm", "--json", "out.png", "--figure", "out.png"], ["--figure", "same file"]),
 ])
@@ -444,6 +445,38 @@ def _fortunes_available() -> bool:
 
 
 @pytest.mark.skipif(not _fortunes_available(), reason="needs Debian's fortunes")
+def test_incomplete_integrated_gradients_are_reported_not_silent():
+    """An attention or MLP pair whose IG misses f_hat by more than 5% is named, with the fix;
+    a norm division (incomplete by construction) is not; the table flags the basis."""
+    from types import SimpleNamespace
+
+    from sklearn_lib._lm_cli import completeness_warnings, format_lm_table
+
+    adapter = _lm_adapter(_gpt2())
+    layers = adapter.node_layers
+    pairs = list(zip(layers[:-1], layers[1:]))[:3]  # ln1 div, attn, ln2 div
+    scorer = SimpleNamespace(pairs_=pairs, completeness_errors_=np.array([0.5, 0.2, 0.01]))
+    f32 = completeness_warnings(adapter, scorer, "float32")
+    assert len(f32) == 1 and "20.0%" in f32[0] and repr(pairs[1][0]) in f32[0]
+    assert "--dtype float64" in f32[0]
+    f64 = completeness_warnings(adapter, scorer, "float64")
+    assert len(f64) == 1 and "--n-steps" in f64[0] and "--dtype" not in f64[0]
+    scorer.completeness_errors_ = np.array([0.5, 0.04, 0.01])
+    assert completeness_warnings(adapter, scorer, "float32") == []
+    result = dict(model="m", blocks=[0], n_train=1, n_test=1, n_positions=4, skip_positions=1,
+                  dtype="float32", model_test_loss=1.0, tolerance=0.1, peak_rss_mb=1.0,
+                  bases={"lib": dict(seconds=dict(fit=0, edges=0, ablation=0),
+                                     total_percent_needed=1.0, base_score_warnings=[],
+                                     completeness_warnings=f32, pairs=[
+                                         dict(label="0 attn", dims_in=2, dims_out=2,
+                                              n_edges_needed=1, n_edges_total=4,
+                                              percent_needed=25.0, completeness_error=0.2,
+                                              norm_division=False)])})
+    table = format_lm_table(result)
+    assert "at most 20.0%" in table
+    assert "1 pair(s) with incomplete integrated gradients" in table
+
+
 def test_cli_runs_on_the_tiny_lm(capsys, tmp_path):
     out = tmp_path / "lm.json"
     rc = main(["lm", "--quiet", "--blocks", "7", "--n-sequences", "4", "--n-positions", "6",
