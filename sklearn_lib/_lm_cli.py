@@ -363,10 +363,10 @@ def add_lm_parser(sub, **kwargs) -> argparse.ArgumentParser:
                    help="random sources over positions for M and the edges (0: exact sum)")
     p.add_argument("--n-steps", type=positive_int, default=4,
                    help="Gauss-Legendre points of the integrated gradients")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                   help="precision of bases, edges and ablation (float64 for SmolLM2: in "
-                        "float32 its RMSNorm's narrow directions fall below the round-off "
-                        "truncation)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="precision of bases, edges and ablation (default: float32 for the "
+                        "tiny LM, float64 for SmolLM2, whose RMSNorm's narrow directions fall "
+                        "below the float32 round-off truncation)")
     p.add_argument("--batch-size", type=positive_int, default=8,
                    help="windows per batch of the bases and edges (bounds Jacobian memory)")
     p.add_argument("--n-threads", type=positive_int, default=1,

@@ -366,8 +366,12 @@ def test_lm_preset_errors():
     from sklearn_lib.tasks import lm_preset
 
     model, X = _gpt2(), _tokens()
-    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+    with pytest.raises(ValueError, match="dtype must be 'float32', 'float64' or None"):
         lm_preset(model, X_train=X, X_test=X, dtype="float16")
+    # default precision: float64 for a model object (float32 is for the tiny LM only)
+    assert lm_preset(model, X_train=X, X_test=X).basis_params["dtype"] == "float64"
+    assert lm_preset(model, X_train=X, X_test=X, dtype="float32").scorer_params["dtype"] == (
+        "float32")
     with pytest.raises(ValueError, match="Pass both X_train and X_test"):
         lm_preset(model, X_train=X)
     with pytest.raises(ValueError, match="model must be 'tiny', 'smollm2'"):
