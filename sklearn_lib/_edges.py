@@ -194,6 +194,7 @@ class IGEdgeScorer(TransformerMixin, BaseEstimator):
         pairs = list(range(len(layers) - 1))
         C = [torch.tensor(b.C, dtype=dtype, device=device) for b in graph.bases]
         C_pinv = [torch.tensor(b.C_pinv, dtype=dtype, device=device) for b in graph.bases]
+
         def make(p, in_map):  # basis l -> basis l+1
             return make_composite(adapter, [layers[p], layers[p + 1]], in_map, C[p + 1],
                                   dtype=dtype, device=device, chunk_size=self.chunk_size)
