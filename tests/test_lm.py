@@ -272,11 +272,13 @@ def test_skipped_positions_run_at_their_exact_activations(basis):
     assert graph.completeness_errors[pair] < 1e-3
 
 
-def test_skipped_positions_closed_forms_equal_the_generic_path(monkeypatch):
-    """The closed forms take the held coordinates like any other basis coordinate."""
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_skipped_positions_closed_forms_equal_the_generic_path(monkeypatch, family):
+    """The closed forms (LayerNorm; RMSNorm, rotary, grouped queries) take the held
+    coordinates like any other basis coordinate."""
     from sklearn_lib import LocalInteractionBasis
 
-    adapter = _lm_adapter(_sink_gpt2(), skip=1)
+    adapter = _lm_adapter(_sink_gpt2() if family == "gpt2" else _llama(), skip=1)
     X, X_eval = _sink_tokens(24, seed=0), _sink_tokens(8, seed=1)
 
     def run():
