@@ -171,9 +171,12 @@ def plot_lm_edges(result: dict, path: str | Path | None = None):
     ax.legend()
     title = (f"{result['model']}\nedges needed to stay within {result['tolerance']:g} nats "
              f"({result['n_train']} train / {result['n_test']} held-out windows of "
-             f"{result['n_positions']} tokens)")
+             f"{result['n_positions']} tokens, first {result.get('skip_positions', 0)} "
+             "skipped)")
     if any(result["bases"][b].get("base_score_warnings") for b in bases):
-        title += "\nwarning: the bases alone moved the loss (too few training tokens)"
+        title += "\nwarning: the bases alone moved the loss; these counts do not measure the model"
+    if any(result["bases"][b].get("completeness_warnings") for b in bases):
+        title += "\nwarning: integrated gradients incomplete on some attention/MLP pairs"
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     if path is not None:
