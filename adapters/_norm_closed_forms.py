@@ -41,6 +41,7 @@ from sklearn_lib.adapters._transformer_closed_forms import (
     _activation_and_derivative,
     _FoldedComposite,
     _mask_chunks,
+    _masked_product,
 )
 
 __all__ = [
@@ -268,9 +269,7 @@ class _PositionwiseComposite(_FoldedComposite):
             for idx, valid, outs, complement in chunks:
                 zg = zT[idx] * valid[..., None]  # (C, k, N)
                 x = x_of_mask(rows, zg, idx, valid, complement, cache)
-                f0 = torch.einsum("ckn,ck->cn", zg, a0[idx])
-                if complement:
-                    f0 = (rows @ a0)[None] - f0
+                f0 = _masked_product(rows, zg, idx, complement, cache, "f0", a0[:, None])[..., 0]
                 xc = _centred(x, norm.center)
                 scale = torch.sqrt(xc.pow(2).mean(-1) + norm.eps * f0.pow(2))  # (C, N)
                 R = outs.shape[1]
@@ -424,12 +423,7 @@ class NormInComposite(_PositionwiseComposite):
             PT = self.P.T.contiguous()
 
             def x_of_mask(rows, zg, idx, valid, complement, cache):
-                x = torch.matmul(zg.transpose(1, 2), PT[idx])  # (C, N, d)
-                if complement:
-                    if "x" not in cache:
-                        cache["x"] = rows @ PT
-                    x = cache["x"] - x
-                return x
+                return _masked_product(rows, zg, idx, complement, cache, "x", PT)  # (C, N, d)
 
             scales = self._scales_of_masks(z, masks[sel], self.norm, x_of_mask)
             out[..., sel] += self.q[sel] * scales
@@ -594,12 +588,8 @@ class NormMLPComposite(_PositionwiseComposite):
         """Pre-activations ``(C, N, d_mlp)`` of each mask of a chunk."""
         if "BT" not in cache:
             cache["BT"] = [B.T.contiguous() for B in self.Bs]
-        pres = [torch.matmul(zg.transpose(1, 2), BT[idx]) for BT in cache["BT"]]
-        if complement:
-            if "full" not in cache:
-                cache["full"] = [rows @ BT for BT in cache["BT"]]
-            pres = [torch.sub(f, p, out=p) for f, p in zip(cache["full"], pres)]
-        return pres
+        return [_masked_product(rows, zg, idx, complement, cache, ("pre", i), BT)
+                for i, BT in enumerate(cache["BT"])]
 
     def _ablated_block(self, z: Tensor, masks: Tensor, chunks: list) -> Tensor:
         """``out_i = L0_i (z * m_i) + A_i hidden(z * m_i)``, one hidden layer per distinct mask,
@@ -632,11 +622,7 @@ class NormMLPComposite(_PositionwiseComposite):
             LxT = self.Lx.T.contiguous()
 
             def x_of_mask(rows, zg, idx, valid, complement, cache):
-                x = torch.matmul(zg.transpose(1, 2), LxT[idx])  # (C, N, d)
-                if complement:
-                    if "x" not in cache:
-                        cache["x"] = rows @ LxT
-                    x = cache["x"] - x
+                x = _masked_product(rows, zg, idx, complement, cache, "x", LxT)  # (C, N, d)
                 hidden = self._hidden(self._masked_pres(rows, zg, idx, complement, cache))
                 return x + hidden @ self.mlp.W_out
 

@@ -102,6 +102,23 @@ def _residual_closed_form(weights, op, last: bool, segment: Callable[[Tensor], T
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _masked_product(rows: Tensor, zg: Tensor, idx: Tensor, complement: bool, cache: dict,
+                    key, MT: Tensor) -> Tensor:
+    """``(z * m) @ MT`` for each mask ``m`` of a chunk, ``(C, N, MT.shape[1])``.
+
+    ``zg`` ``(C, k, N)`` holds the inputs of the columns ``idx`` each mask keeps (zero where
+    padded); for a complement chunk they are the columns it drops, and the product is the
+    unmasked one (``rows @ MT``, computed once per block of rows and kept in ``cache[key]``)
+    less theirs.
+    """
+    out = torch.matmul(zg.transpose(1, 2), MT[idx])
+    if complement:
+        if key not in cache:
+            cache[key] = rows @ MT
+        out = torch.sub(cache[key], out, out=out)
+    return out
+
+
 def _chunk(per_item_bytes: int, n: int) -> int:
     """How many items fit the memory budget (at least one)."""
     return max(1, min(n, _MEMORY_BUDGET // max(1, per_item_bytes)))
@@ -367,14 +384,10 @@ class MLPComposite(_FoldedComposite):
         zT = rows.T.contiguous()  # (n_in, N): gathers the rows of needed inputs
         out = (rows @ (masks * self.L0).T).T.contiguous()  # (n_out, N): the linear part
         BmT = self.Bm.T
-        full = None  # unablated pre-activations, for masks that drop few columns
+        cache: dict = {}  # unablated pre-activations, for masks that drop few columns
         for idx, valid, outs, complement in chunks:
             zg = zT[idx] * valid[..., None]  # (C, k, N)
-            pre = torch.matmul(zg.transpose(1, 2), BmT[idx])  # (C, N, d_mlp)
-            if complement:
-                if full is None:
-                    full = rows @ BmT
-                pre = torch.sub(full, pre, out=pre)
+            pre = _masked_product(rows, zg, idx, complement, cache, "pre", BmT)  # (C, N, d_mlp)
             h = self.act_(pre) if self.act_ is not None else self.act(pre)
             val = torch.matmul(h, self.A[outs].transpose(1, 2))  # (C, N, R)
             out[outs.reshape(-1)] += val.transpose(1, 2).reshape(-1, N)
