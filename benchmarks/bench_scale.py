@@ -35,28 +35,12 @@ import time
 from pathlib import Path
 
 from _doc import write_section
+from _measure import log_slope, memory_mb, reset_peak
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # this checkout's sklearn_lib, not an installed one
 SCALES = (1, 4, 16)
-
-
-def _status_mb(field: str) -> float:
-    """``VmRSS`` or ``VmHWM`` (peak) of this process from /proc, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); whether it worked."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _timed(fn):
@@ -109,12 +93,6 @@ def _tile(X, k: int):
     return np.tile(X, (k, 1))
 
 
-def _exponent(ns, ts) -> float:
-    import numpy as np
-
-    return float(np.polyfit(np.log(ns), np.log(ts), 1)[0])
-
-
 # -- sections run in this process -----------------------------------------------------------------
 def section_n(args, model_dir):
     out = {}
@@ -128,7 +106,7 @@ def section_n(args, model_dir):
             rows.append({"scale": k, "n_samples": len(Xk), "median_seconds": statistics.median(times),
                          "all_seconds": times})
             print(f"  {task} N={len(Xk)}: {statistics.median(times):.2f} s", flush=True)
-        out[task] = {"runs": rows, "exponent": _exponent([r["n_samples"] for r in rows],
+        out[task] = {"runs": rows, "exponent": log_slope([r["n_samples"] for r in rows],
                                                           [r["median_seconds"] for r in rows])}
         print(f"{task}: time ~ N^{out[task]['exponent']:.2f}", flush=True)
     return out
@@ -326,11 +304,11 @@ def worker_memory(args):
     X = _tile(X, args.scale)
     _build(adapter, X[:256], options)  # set-up (one full batch) included in the baseline
     # ru_maxrss survives exec (it would report the parent's peak): read /proc instead.
-    baseline = _status_mb("VmRSS")
-    reset = _reset_peak()
+    baseline = memory_mb("VmRSS", fallback=False)
+    reset = reset_peak()
     _build(adapter, X, options)
     print(json.dumps({"n_samples": len(X), "baseline_mb": baseline,
-                      "peak_increase_mb": _status_mb("VmHWM") - baseline,
+                      "peak_increase_mb": memory_mb("VmHWM", fallback=False) - baseline,
                       "peak_reset": reset, "cache_bytes": stream.ACTIVATION_CACHE_BYTES}))
 
 

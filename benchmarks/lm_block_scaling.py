@@ -37,30 +37,10 @@ import sys
 import time
 from pathlib import Path
 
+from _measure import log_slope, memory_mb, reset_peak
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "lm_block_scaling.json"
-
-
-def _reset_peak() -> bool:
-    """Reset the resident high-water mark of this process (Linux ``clear_refs``).
-
-    Returns whether it was reset; where it cannot be, the peaks are of the whole process so
-    far, and the JSON says so (``peak_is_per_phase``).
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args) -> dict:
@@ -83,15 +63,15 @@ def child(args) -> dict:
                        n_steps=args.steps, batch_size=args.batch_size, random_state=0)
     t_load = time.perf_counter() - t0
     out = dict(n_positions=T, n_train=n_train, n_test=n_test, import_seconds=t_import,
-               load_seconds=t_load, setup_peak_mb=_peak_mb(),
+               load_seconds=t_load, setup_peak_mb=memory_mb(),
                layers=list(preset.adapter.node_layers), d_model=preset.info["d_model"])
 
     def phase(name, fn):
-        out["peak_is_per_phase"] = _reset_peak() and out.get("peak_is_per_phase", True)
+        out["peak_is_per_phase"] = reset_peak() and out.get("peak_is_per_phase", True)
         t = time.perf_counter()
         result = fn()
         out[f"{name}_seconds"] = time.perf_counter() - t
-        out[f"{name}_peak_mb"] = _peak_mb()
+        out[f"{name}_peak_mb"] = memory_mb()
         print(f"  T={T}: {name} {out[f'{name}_seconds']:.1f} s, peak {out[f'{name}_peak_mb']:.0f} MB",
               file=sys.stderr, flush=True)
         return result
@@ -117,12 +97,6 @@ def child(args) -> dict:
     return out
 
 
-def _slope(xs, ys) -> float:
-    import numpy as np
-
-    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
-
-
 def run(args) -> dict:
     runs = []
     configs = [(T, args.tokens, args.edge_tokens, args.eval_tokens) for T in args.positions]
@@ -138,7 +112,7 @@ def run(args) -> dict:
             per = [r[f"{name}_seconds"] / r[tokens] / (r.get("ablation_probes", 1)
                                                         if name == "ablation" else 1)
                    for r in runs]
-            results[f"{name}_exponent"] = _slope(Ts, per)
+            results[f"{name}_exponent"] = log_slope(Ts, per)
     if args.target:
         results["target"] = _spawn(args, 128, 256 * 128, 0, 0)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -189,13 +189,13 @@ def completeness_warnings(adapter, scorer, dtype: str | None) -> list[str]:
     threshold (norm divisions are incomplete by construction and not reported)."""
     from sklearn_lib._edges import COMPLETENESS_WARNING_THRESHOLD
 
+    fix = ("in float32 the round-off truncation drops narrow directions of wide layers "
+           "(SmolLM2's RMSNorm): use --dtype float64, or more --n-steps"
+           if dtype == "float32" else "use more --n-steps")
     messages = []
     for (layer_in, layer_out), error in zip(scorer.pairs_, scorer.completeness_errors_):
         if error <= COMPLETENESS_WARNING_THRESHOLD or adapter.is_norm_division(layer_in):
             continue
-        fix = ("in float32 the round-off truncation drops narrow directions of wide layers "
-               "(SmolLM2's RMSNorm): use --dtype float64, or more --n-steps"
-               if dtype == "float32" else "use more --n-steps")
         messages.append(
             f"integrated gradients miss f_hat by {error:.1%} on {layer_in!r} -> {layer_out!r} "
             f"(threshold {COMPLETENESS_WARNING_THRESHOLD:.0%}), so its edges are approximate; "
