@@ -420,20 +420,24 @@ class EdgeAblationSearch(TransformerMixin, BaseEstimator):
         skip = int(getattr(adapter, "skip_positions", 0))
         seg = adapter.segment(layer_in, dtype=dtype, device=device) if skip else None
         held: dict[int, torch.Tensor] = {}
+        pinned: dict[int, tuple] = {}  # the last batch's pinned inputs and composite
 
         def run(batch, masks: torch.Tensor | None) -> torch.Tensor:
             """The network's output from ``layer_in`` with the segment in the bases, ablated."""
-            z = batch.z[layer_in]
-            G = F
+            z, G = batch.z[layer_in], F
             if skip:
-                acts = batch.acts[layer_in]
-                z, in_pinned = pin_positions(z, acts, C_in_pinv, skip)
-                G = make_composite(adapter, [layer_in, layer_out], in_pinned, C_out,
-                                   dtype=dtype, device=device)
+                if batch.start not in pinned:  # one batch (the usual held-out set): built once
+                    acts = batch.acts[layer_in]
+                    zp, in_pinned = pin_positions(z, acts, C_in_pinv, skip)
+                    pinned.clear()
+                    pinned[batch.start] = zp, make_composite(
+                        adapter, [layer_in, layer_out], in_pinned, C_out, dtype=dtype,
+                        device=device)
+                    if batch.start not in held:
+                        held[batch.start] = seg(acts)[:, :skip]
+                z, G = pinned[batch.start]
                 if masks is not None:  # the held coordinates are never ablated
                     masks = torch.cat([masks, masks.new_ones(n_out, z.shape[-1] - n_in)], 1)
-                if batch.start not in held:
-                    held[batch.start] = seg(acts)[:, :skip]
             out = G(z) if masks is None else G.ablated(z, masks, self.mask_chunk)
             acts_out = out @ C_out_pinv.T
             if skip:
